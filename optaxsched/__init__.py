@@ -1,0 +1,27 @@
+"""optaxsched: learning-rate schedules and Optax transforms that keep training stable.
+
+- ``optaxsched.schedules``: pure schedules that reproduce PyTorch/Keras/timm.
+- Gradient-norm-adaptive scaling and clipping (``clip_by_zscore`` and friends).
+- ``explosion_guard``: NaN/spike detection with skip and recovery.
+- Loss-adaptive scaling (``reduce_on_plateau``, ``bold_driver``, ``scale_by_loss``).
+- Per-parameter rates by parameter path (``scale_by_group``, ``label_by_path``).
+- ``telemetry``: every statistic of any optimizer state as a flat dict.
+
+Every transform is an ``optax.GradientTransformationExtraArgs``: chain it with
+``optax.chain`` and pass ``value=loss`` to ``update`` where a transform reads it.
+"""
+
+from optaxsched import schedules
+
+__version__ = "0.1.0"
+
+# Each module's public names are listed once here, in its own block.
+# --- clipping ---
+# --- guard ---
+# --- loss_adaptive ---
+# --- groups ---
+# --- telemetry ---
+
+__all__ = [
+    "schedules",
+]

@@ -1,0 +1,149 @@
+"""Numerics shared by every transform: one-pass gradient statistics, safe
+norms, EMAs and saturating counters.
+
+All statistics are accumulated in float32 whatever the leaf dtype, so bf16 or
+fp16 gradients cannot overflow while squaring. The squared global norm is finite
+iff every float leaf is finite (a sum of squares of finite numbers can only
+overflow to +inf above ~1.8e19, which is an explosion anyway), so finiteness
+comes free with the norm and no second pass over the gradients is needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "INT32_MAX",
+    "is_float_leaf",
+    "leaf_sq_norm",
+    "global_sq_norm",
+    "global_norm_and_finite",
+    "leaf_sq_norms",
+    "safe_sqrt",
+    "saturating_increment",
+    "increment_or_reset",
+    "ema",
+    "bias_correction",
+    "scale_tree",
+    "zeros_like_tree",
+    "psum_if",
+]
+
+INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def is_float_leaf(x: Any) -> bool:
+    """True for array leaves with an inexact dtype (the only ones we touch)."""
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jnp.issubdtype(dtype, jnp.inexact)
+
+
+def psum_if(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """``lax.psum`` over ``axis_name`` when one is given (inside shard_map/pmap)."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def leaf_sq_norm(x: jax.Array) -> jax.Array:
+    """Sum of squares of one leaf, accumulated in float32 (|z|² for complex)."""
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        x = jnp.abs(x)
+    x = x.astype(jnp.float32)
+    return jnp.sum(x * x)
+
+
+def global_sq_norm(tree: Any, axis_name: str | None = None) -> jax.Array:
+    """Squared L2 norm over every float leaf of ``tree``, as a float32 scalar.
+
+    Non-float leaves are ignored and an empty tree gives 0. With ``axis_name``
+    the per-shard partial sums are ``psum``-ed, which is what a leaf sharded
+    over that axis inside ``shard_map`` needs.
+    """
+    total = jnp.zeros((), jnp.float32)
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if is_float_leaf(leaf):
+            total = total + leaf_sq_norm(leaf)
+    return psum_if(total, axis_name)
+
+
+def safe_sqrt(sq: jax.Array) -> jax.Array:
+    """sqrt that maps NaN to +inf (NaN must read as an explosion, never as small)."""
+    sq = jnp.where(jnp.isnan(sq), jnp.inf, sq)
+    return jnp.sqrt(jnp.maximum(sq, 0.0))
+
+
+def global_norm_and_finite(
+    tree: Any, axis_name: str | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """Global L2 norm (float32, +inf when non-finite) and an all-finite flag.
+
+    Both come from the same sum of squares, so the gradients are read once.
+    """
+    sq = global_sq_norm(tree, axis_name)
+    finite = jnp.isfinite(sq)
+    return safe_sqrt(sq), finite
+
+
+def leaf_sq_norms(tree: Any, axis_name: str | None = None) -> Any:
+    """Per-leaf squared norms (float32 scalars; 0 for non-float leaves)."""
+
+    def one(x):
+        if is_float_leaf(x):
+            return psum_if(leaf_sq_norm(x), axis_name)
+        return jnp.zeros((), jnp.float32)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def saturating_increment(count: jax.Array) -> jax.Array:
+    """``count + 1`` for an int32 counter, stopping at 2**31 - 1 (never wraps)."""
+    count = jnp.asarray(count, jnp.int32)
+    return jnp.where(count < INT32_MAX, count + 1, count).astype(jnp.int32)
+
+
+def increment_or_reset(count: jax.Array, increment: jax.Array) -> jax.Array:
+    """Saturating ``count + 1`` where ``increment`` is true, else 0."""
+    return jnp.where(increment, saturating_increment(count), 0).astype(jnp.int32)
+
+
+def ema(average: jax.Array, value: jax.Array, decay: Any) -> jax.Array:
+    """One EMA step: ``decay * average + (1 - decay) * value`` in float32."""
+    decay = jnp.asarray(decay, jnp.float32)
+    return decay * average + (1.0 - decay) * jnp.asarray(value, jnp.float32)
+
+
+def bias_correction(average: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
+    """Adam-style bias correction ``average / (1 - decay**count)``.
+
+    ``count`` is the number of EMA updates folded into ``average``; with
+    ``count == 0`` the average is returned unchanged (nothing to correct).
+    """
+    decay = jnp.asarray(decay, jnp.float32)
+    count = jnp.asarray(count, jnp.float32)
+    denom = 1.0 - decay**count
+    return jnp.where(count > 0, average / jnp.where(denom > 0, denom, 1.0), average)
+
+
+def scale_tree(tree: Any, scale: jax.Array) -> Any:
+    """Multiplies every float leaf by ``scale`` and keeps each leaf's dtype.
+
+    Non-float leaves pass through untouched. The scale is cast to each leaf's
+    dtype first, so the product is computed in the leaf's own precision and
+    XLA fuses it into whatever reads the leaf next.
+    """
+
+    def one(x):
+        if is_float_leaf(x):
+            return x * jnp.asarray(scale).astype(x.dtype)
+        return x
+
+    return jax.tree_util.tree_map(one, tree)
+
+
+def zeros_like_tree(tree: Any) -> Any:
+    """Zeros of every float leaf's shape and dtype; other leaves unchanged."""
+    return jax.tree_util.tree_map(
+        lambda x: jnp.zeros_like(x) if is_float_leaf(x) else x, tree
+    )

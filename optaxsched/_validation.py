@@ -1,0 +1,194 @@
+"""Eager argument checks shared by every factory.
+
+Every check names the public function, the argument and the offending value,
+e.g. ``clip_by_zscore(z_threshold=-1.0): z_threshold must be > 0``. Checks are
+skipped for traced values so factories stay usable under
+``optax.inject_hyperparams`` inside ``jax.jit``; concrete ``jax.Array`` values
+(what ``inject_hyperparams`` passes at ``init``) are checked like numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+
+__all__ = [
+    "is_traced",
+    "check_number",
+    "check_int",
+    "check_choice",
+    "check_callable",
+    "check_int_sequence",
+    "check_float_sequence",
+    "require_value",
+]
+
+
+def is_traced(value: Any) -> bool:
+    """True when ``value`` is a JAX tracer (its value is unknown until run time)."""
+    return isinstance(value, jax.core.Tracer)
+
+
+def _prefix(fn: str, name: str, value: Any) -> str:
+    return f"{fn}({name}={value!r})"
+
+
+def _as_float(fn: str, name: str, value: Any) -> float:
+    """Converts a Python/NumPy/JAX scalar to float, or raises TypeError."""
+    if isinstance(value, bool) or isinstance(value, (str, bytes)):
+        raise TypeError(f"{_prefix(fn, name, value)}: {name} must be a number")
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, (np.ndarray, np.generic, jax.Array)):
+        arr = np.asarray(value)
+        if arr.ndim != 0 or not (
+            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
+        ):
+            raise TypeError(f"{_prefix(fn, name, value)}: {name} must be a real scalar")
+        return float(arr)
+    raise TypeError(
+        f"{_prefix(fn, name, value)}: {name} must be a number, got {type(value).__name__}"
+    )
+
+
+def check_number(
+    fn: str,
+    name: str,
+    value: Any,
+    *,
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+    le: float | None = None,
+    allow_none: bool = False,
+    finite: bool = True,
+) -> None:
+    """Checks that ``value`` is a real number within the given bounds.
+
+    Args:
+      fn: name of the public function, for the message.
+      name: argument name, for the message.
+      value: the value passed by the user.
+      gt, ge, lt, le: optional strict/non-strict lower and upper bounds.
+      allow_none: accept ``None``.
+      finite: reject NaN and infinities.
+
+    Raises:
+      TypeError: ``value`` is not a real scalar.
+      ValueError: ``value`` breaks a bound.
+    """
+    if value is None and allow_none:
+        return
+    if is_traced(value):
+        return
+    x = _as_float(fn, name, value)
+    p = _prefix(fn, name, value)
+    if finite and not math.isfinite(x):
+        raise ValueError(f"{p}: {name} must be finite")
+    if math.isnan(x):
+        raise ValueError(f"{p}: {name} must not be NaN")
+    if gt is not None and not x > gt:
+        raise ValueError(f"{p}: {name} must be > {gt:g}")
+    if ge is not None and not x >= ge:
+        raise ValueError(f"{p}: {name} must be >= {ge:g}")
+    if lt is not None and not x < lt:
+        raise ValueError(f"{p}: {name} must be < {lt:g}")
+    if le is not None and not x <= le:
+        raise ValueError(f"{p}: {name} must be <= {le:g}")
+
+
+def check_int(
+    fn: str,
+    name: str,
+    value: Any,
+    *,
+    ge: int | None = None,
+    gt: int | None = None,
+    allow_none: bool = False,
+) -> None:
+    """Checks that ``value`` is an integer (Python or NumPy/JAX integer scalar)."""
+    if value is None and allow_none:
+        return
+    if is_traced(value):
+        return
+    p = _prefix(fn, name, value)
+    if isinstance(value, bool) or not (
+        isinstance(value, numbers.Integral)
+        or (
+            isinstance(value, (np.ndarray, np.generic, jax.Array))
+            and np.asarray(value).ndim == 0
+            and np.issubdtype(np.asarray(value).dtype, np.integer)
+        )
+    ):
+        raise TypeError(f"{p}: {name} must be an integer, got {type(value).__name__}")
+    x = int(value)
+    if ge is not None and not x >= ge:
+        raise ValueError(f"{p}: {name} must be >= {ge}")
+    if gt is not None and not x > gt:
+        raise ValueError(f"{p}: {name} must be > {gt}")
+
+
+def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> None:
+    """Checks that ``value`` is one of the allowed strings."""
+    choices = tuple(choices)
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{_prefix(fn, name, value)}: {name} must be one of {choices}, "
+            f"got {type(value).__name__}"
+        )
+    if value not in choices:
+        raise ValueError(f"{_prefix(fn, name, value)}: {name} must be one of {choices}")
+
+
+def check_callable(fn: str, name: str, value: Any) -> None:
+    """Checks that ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(
+            f"{_prefix(fn, name, value)}: {name} must be callable, "
+            f"got {type(value).__name__}"
+        )
+
+
+def check_int_sequence(
+    fn: str, name: str, value: Any, *, ge: int | None = None
+) -> tuple[int, ...]:
+    """Checks a sequence of integers and returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{_prefix(fn, name, value)}: {name} must be a sequence of integers")
+    out = []
+    for i, v in enumerate(value):
+        check_int(fn, f"{name}[{i}]", v, ge=ge)
+        out.append(int(v))
+    return tuple(out)
+
+
+def check_float_sequence(fn: str, name: str, value: Any) -> tuple[float, ...]:
+    """Checks a sequence of finite real numbers and returns it as a tuple."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, (Sequence, np.ndarray)):
+        raise TypeError(f"{_prefix(fn, name, value)}: {name} must be a sequence of numbers")
+    out = []
+    for i, v in enumerate(value):
+        check_number(fn, f"{name}[{i}]", v)
+        out.append(float(v))
+    return tuple(out)
+
+
+def require_value(fn: str, extra_args: dict[str, Any]) -> Any:
+    """Returns ``extra_args["value"]`` or raises an error that shows how to pass it."""
+    if "value" not in extra_args or extra_args["value"] is None:
+        raise TypeError(
+            f"{fn} needs the current loss: call "
+            f"`opt.update(grads, state, params, value=loss)` (through optax.chain, "
+            f"optax.partition, optax.inject_hyperparams and explosion_guard the "
+            f"keyword is forwarded; for Flax use "
+            f"optaxsched.flax.TrainState.apply_gradients(grads=g, value=loss))"
+        )
+    return extra_args["value"]
+
+
+

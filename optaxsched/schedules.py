@@ -1,0 +1,3 @@
+"""Pure learning-rate schedules (being written)."""
+
+__all__: list[str] = []

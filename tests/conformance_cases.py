@@ -1,0 +1,94 @@
+"""The registry of public transforms checked by ``test_conformance.py``.
+
+Every public ``GradientTransformation`` factory of the library gets at least
+one ``Case`` here. The shared test tree has the paths ``w``, ``b`` and
+``layers_0/kernel`` (see ``make_tree``), so path-based rules can match it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optaxsched as ox
+
+SHAPES = {"w": (8, 3), "b": (8,), "layers_0": {"kernel": (8, 4)}}
+
+
+def make_tree(seed: int, dtype=jnp.float32, scale: float = 1.0) -> Any:
+    """A small params/gradients tree; every leaf's leading axis is 8 (shardable)."""
+    rng = np.random.default_rng(seed)
+
+    def leaf(shape):
+        return jnp.asarray(scale * rng.standard_normal(shape), dtype)
+
+    return {
+        "w": leaf(SHAPES["w"]),
+        "b": leaf(SHAPES["b"]),
+        "layers_0": {"kernel": leaf(SHAPES["layers_0"]["kernel"])},
+    }
+
+
+# A gradient sequence with a spike, a NaN and an Inf step, and the matching
+# loss values; used by the NaN-safety check.
+LOSSES = (2.0, 1.8, 1.9, 1.7, 1.65, 1.6)
+BAD_LOSSES = (2.0, float("nan"), float("inf"), 1.7, 1.65, 1.6)
+
+
+def grad_sequence(n: int, dtype=jnp.float32) -> list[Any]:
+    return [make_tree(100 + i, dtype, scale=1.0 + 0.1 * i) for i in range(n)]
+
+
+def bad_grad_sequence(dtype=jnp.float32) -> list[Any]:
+    seq = grad_sequence(6, dtype)
+    seq[1] = {**seq[1], "w": seq[1]["w"].at[0, 0].set(jnp.nan)}
+    seq[2] = {**seq[2], "b": seq[2]["b"].at[3].set(jnp.inf)}
+    seq[3] = make_tree(7, dtype, scale=1e4)
+    return seq
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One configuration of a public transform.
+
+    Attributes:
+      name: test id.
+      factory: the public factory.
+      kwargs: arguments for the factory.
+      inject: names of numeric hyperparameters that
+        ``optax.inject_hyperparams`` should inject (the rest are static).
+      needs_value: the transform reads ``value=`` (the loss).
+    """
+
+    name: str
+    factory: Callable[..., optax.GradientTransformation]
+    kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+    inject: tuple[str, ...] = ()
+    needs_value: bool = False
+
+    def make(self) -> optax.GradientTransformation:
+        return self.factory(**self.kwargs)
+
+    def make_injected(self) -> optax.GradientTransformation:
+        static = tuple(k for k in self.kwargs if k not in self.inject)
+        return optax.inject_hyperparams(self.factory, static_args=static)(**self.kwargs)
+
+
+CASES: list[Case] = []
+
+
+def _add(*cases: Case) -> None:
+    CASES.extend(cases)
+
+
+# Each module appends its cases below, guarded so that a transform still being
+# written does not break the others.
+# --- clipping.py ---
+# --- guard.py ---
+# --- loss_adaptive.py ---
+# --- groups.py ---
