@@ -14,14 +14,11 @@ Every transform is an ``optax.GradientTransformationExtraArgs``: chain it with
 from optaxsched import schedules
 
 __version__ = "0.1.0"
+__all__ = ["schedules"]
 
-# Each module's public names are listed once here, in its own block.
+# Each module's public names are imported and listed once, in its own block.
 # --- clipping ---
 # --- guard ---
 # --- loss_adaptive ---
 # --- groups ---
 # --- telemetry ---
-
-__all__ = [
-    "schedules",
-]
