@@ -19,6 +19,8 @@ __all__ = ["schedules"]
 # Each module's public names are imported and listed once, in its own block.
 # --- clipping ---
 # --- guard ---
+from optaxsched.guard import ExplosionGuardState, explosion_guard
+__all__ += ["explosion_guard", "ExplosionGuardState"]
 # --- loss_adaptive ---
 # --- groups ---
 # --- telemetry ---

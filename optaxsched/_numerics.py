@@ -30,6 +30,10 @@ __all__ = [
     "scale_tree",
     "zeros_like_tree",
     "psum_if",
+    "scale_leaf",
+    "scale_tree_or_zero",
+    "scale_leaves_or_zero",
+    "masked_percentile",
 ]
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -81,9 +85,14 @@ def global_norm_and_finite(
 
     Both come from the same sum of squares, so the gradients are read once.
     """
-    sq = global_sq_norm(tree, axis_name)
-    finite = jnp.isfinite(sq)
-    return safe_sqrt(sq), finite
+    # Everything downstream reads the one sqrt, never the sum of squares: XLA
+    # duplicates cheap scalar adds into every consumer kernel, so deriving the
+    # flag from the sum would drag all per-leaf partial sums into each
+    # elementwise fusion of the optimizer (too many operands to fuse well),
+    # while a sqrt is materialised once.
+    norm = jnp.sqrt(global_sq_norm(tree, axis_name))
+    finite = jnp.isfinite(norm)
+    return jnp.where(jnp.isnan(norm), jnp.inf, norm), finite
 
 
 def leaf_sq_norms(tree: Any, axis_name: str | None = None) -> Any:
@@ -147,3 +156,57 @@ def zeros_like_tree(tree: Any) -> Any:
     return jax.tree_util.tree_map(
         lambda x: jnp.zeros_like(x) if is_float_leaf(x) else x, tree
     )
+
+
+def scale_leaf(x: Any, scale: jax.Array) -> Any:
+    """``x * scale`` for one leaf, computed in at least float32, keeping ``x.dtype``.
+
+    Half-precision leaves are multiplied in float32 and rounded once, so a
+    clip factor such as 1e-5 (subnormal in fp16) or 1e8 (beyond fp16's range)
+    does not lose precision or overflow before it meets the gradient.
+    Non-float leaves pass through.
+    """
+    if not is_float_leaf(x):
+        return x
+    scale = jnp.asarray(scale)
+    if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+        return (x.astype(jnp.float32) * scale.astype(jnp.float32)).astype(x.dtype)
+    return x * scale.astype(x.dtype)
+
+
+def _scale_or_zero(x: Any, scale: jax.Array, keep: jax.Array) -> Any:
+    if not is_float_leaf(x):
+        return x
+    y = scale_leaf(x, scale)
+    # A NaN gradient times a zero scale is still NaN, hence the select; XLA
+    # fuses it into the multiply, so the gradients are still read once.
+    return jnp.where(keep, y, jnp.zeros((), y.dtype))
+
+
+def scale_tree_or_zero(tree: Any, scale: jax.Array, keep: jax.Array) -> Any:
+    """Every float leaf times the scalar ``scale`` (see ``scale_leaf``), or zeros
+    everywhere when the scalar ``keep`` is false."""
+    return jax.tree_util.tree_map(lambda x: _scale_or_zero(x, scale, keep), tree)
+
+
+def scale_leaves_or_zero(tree: Any, scales: Any, keep: jax.Array) -> Any:
+    """Like ``scale_tree_or_zero`` with one scalar scale per leaf: ``scales`` is a
+    tree of scalars with the structure of ``tree``."""
+    return jax.tree_util.tree_map(lambda x, s: _scale_or_zero(x, s, keep), tree, scales)
+
+
+def masked_percentile(values: jax.Array, n: jax.Array, q: jax.Array) -> jax.Array:
+    """``np.percentile(values[:n], 100 * q)`` with NumPy's default linear
+    interpolation, for a 1-D float32 ``values`` whose first ``n`` (traced)
+    entries are filled; +inf when ``n == 0``. One sort of ``values``."""
+    size = values.shape[0]
+    srt = jnp.sort(jnp.where(jnp.arange(size) < n, values, jnp.inf))
+    last = jnp.maximum(n, 1) - 1
+    rank = q * last.astype(jnp.float32)
+    lo = jnp.clip(jnp.floor(rank).astype(jnp.int32), 0, last)
+    hi = jnp.minimum(lo + 1, last)
+    t = rank - lo.astype(jnp.float32)
+    a, b = srt[lo], srt[hi]
+    # NumPy's lerp: from the nearer end, so t = 1 gives b exactly.
+    val = jnp.where(t >= 0.5, b - (b - a) * (1.0 - t), a + (b - a) * t)
+    return jnp.where(n > 0, val, jnp.inf)

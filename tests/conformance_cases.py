@@ -90,5 +90,21 @@ def _add(*cases: Case) -> None:
 # written does not break the others.
 # --- clipping.py ---
 # --- guard.py ---
+if hasattr(ox, "explosion_guard"):
+    # sgd with momentum is a stateful inner optimizer whose code runs under
+    # strict dtype promotion (optax.adam does not). warmup_steps=2 makes the
+    # x1e4 step of the bad sequence a detected spike.
+    _guard_inner = optax.sgd(0.1, momentum=0.9)
+    _add(
+        Case("explosion_guard", ox.explosion_guard,
+             dict(inner=_guard_inner, warmup_steps=2), inject=("z_threshold", "backoff_factor"),
+             needs_value=True),
+        Case("explosion_guard_clip_no_value", ox.explosion_guard,
+             dict(inner=_guard_inner, warmup_steps=2, on_spike="clip",
+                  vanishing_threshold=1e-3), inject=("min_scale",)),
+        Case("explosion_guard_none", ox.explosion_guard,
+             dict(inner=_guard_inner, warmup_steps=1, on_spike="none", watch_loss=False),
+             needs_value=True),
+    )
 # --- loss_adaptive.py ---
 # --- groups.py ---

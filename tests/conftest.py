@@ -14,3 +14,18 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def standard_promotion():
+    """Standard dtype promotion for tests that run optax's own optimizers.
+
+    ``optax.adam`` computes ``decay ** count`` with a Python float and an int32
+    array, which strict promotion rejects; the library's own code stays
+    under strict promotion everywhere else.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        yield

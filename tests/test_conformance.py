@@ -68,6 +68,7 @@ def params():
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_eager_equals_jit_and_no_retrace(case, params):
+    chex.clear_trace_counter()
     tx = case.make()
     grads = grad_sequence(NSTEPS)
     eager, eager_state = _run(tx, grads, params, case)

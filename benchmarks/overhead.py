@@ -1,0 +1,145 @@
+"""Cost of ``explosion_guard`` on a training step, as a ratio to plain Adam.
+
+Each arm is one jitted ``update + apply_updates`` with params and optimizer
+state donated (``donate_argnums``), as real training loops run. Arms run in
+interleaved rounds and we report medians and ratios measured side by side in
+this one run (absolute times on shared machines drift). Compile time of each
+step is measured too (``jit(...).lower(...).compile()``).
+
+Run::
+
+    python benchmarks/overhead.py              # CPU: 1M and 10M f32, 10M bf16
+    python benchmarks/overhead.py --sizes 100000000 --dtypes float32  # GPU
+
+Writes ``benchmarks/results/overhead_<backend>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import optaxsched as ox  # noqa: E402
+
+LEAVES = 64
+
+
+def make_tree(total: int, dtype, seed: int):
+    """``LEAVES`` leaves of (rows, 1024)-ish shapes adding up to ~``total`` elements."""
+    per = max(total // LEAVES, 1)
+    cols = 1024 if per >= 1024 else per
+    rows = max(per // cols, 1)
+    keys = jax.random.split(jax.random.PRNGKey(seed), LEAVES)
+    return {
+        f"layer_{i:02d}": jax.random.normal(k, (rows, cols), jnp.float32).astype(dtype) * 1e-2
+        for i, k in enumerate(keys)
+    }
+
+
+def arms():
+    adam = lambda: optax.adam(1e-3)  # noqa: E731
+    return {
+        "adam": adam(),
+        "optax apply_if_finite(clip+adam)": optax.apply_if_finite(
+            optax.chain(optax.clip_by_global_norm(1.0), adam()), max_consecutive_errors=100
+        ),
+        "explosion_guard(adam)": ox.explosion_guard(adam()),
+        "explosion_guard(adam, clip)": ox.explosion_guard(adam(), on_spike="clip"),
+    }
+
+
+def make_step(tx):
+    def step(params, opt_state, grads, loss):
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        return optax.apply_updates(params, updates), opt_state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+def bench(total: int, dtype, rounds: int, reps: int):
+    grads = make_tree(total, dtype, 1)
+    loss = jnp.float32(1.0)
+    results = {}
+    states = {}
+    for name, tx in arms().items():
+        params = make_tree(total, dtype, 0)
+        opt_state = tx.init(params)
+        step = make_step(tx)
+        t0 = time.perf_counter()
+        compiled = step.lower(params, opt_state, grads, loss).compile()
+        compile_s = time.perf_counter() - t0
+        params, opt_state = compiled(params, opt_state, grads, loss)  # warm up
+        jax.block_until_ready(params)
+        states[name] = [compiled, params, opt_state]
+        results[name] = {"compile_s": compile_s, "times": []}
+    names = list(states)
+    for r in range(rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            compiled, params, opt_state = states[name]
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                params, opt_state = compiled(params, opt_state, grads, loss)
+            jax.block_until_ready(params)
+            results[name]["times"].append((time.perf_counter() - t0) / reps)
+            states[name][1:] = [params, opt_state]
+    base = statistics.median(results["adam"]["times"])
+    base_c = results["adam"]["compile_s"]
+    rows = []
+    for name in names:
+        med = statistics.median(results[name]["times"])
+        rows.append((name, med * 1e3, med / base, results[name]["compile_s"] / base_c))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--dtypes", nargs="+", default=["float32"])
+    ap.add_argument("--bf16-size", type=int, default=10_000_000,
+                    help="also run this size in bfloat16 (0 to skip)")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+
+    backend = jax.default_backend()
+    configs = [(s, d) for s in args.sizes for d in args.dtypes]
+    if args.bf16_size:
+        configs.append((args.bf16_size, "bfloat16"))
+    lines = [
+        f"# explosion_guard overhead ({backend})",
+        "",
+        f"jax {jax.__version__}, optax {optax.__version__}, device: {jax.devices()[0].device_kind}, "
+        f"{os.cpu_count()} host cores. {LEAVES} leaves, params and state donated, "
+        f"median of {args.rounds} interleaved rounds x {args.reps} steps.",
+        "",
+        "| params | dtype | arm | ms/step | time / adam | compile / adam |",
+        "|---:|---|---|---:|---:|---:|",
+    ]
+    for size, dtype in configs:
+        rows = bench(size, jnp.dtype(dtype), args.rounds, args.reps)
+        for name, ms, ratio, cratio in rows:
+            line = f"| {size:,} | {dtype} | {name} | {ms:.2f} | {ratio:.2f}x | {cratio:.2f}x |"
+            lines.append(line)
+            print(line, flush=True)
+    out = Path(args.out) if args.out else (
+        Path(__file__).parent / "results" / f"overhead_{backend}.md"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

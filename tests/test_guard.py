@@ -1,0 +1,336 @@
+"""Tests for ``explosion_guard``: skipping, spikes, recovery, divergence and
+fault injection on a real (small) training problem."""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import optaxsched as ox
+
+
+def _tree(x):
+    return {"a": jnp.asarray(x, jnp.float32), "b": {"c": jnp.ones((2, 2), jnp.float32)}}
+
+
+def _leaves_equal(a, b):
+    return all(
+        np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
+        for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )
+
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")
+
+
+@pytest.fixture(scope="module")
+def guarded():
+    opt = ox.explosion_guard(optax.adam(1e-2), warmup_steps=5, max_consecutive_skips=3)
+    return opt, jax.jit(opt.update)
+
+
+def _warm_state(opt, update, params, steps=8):
+    state = opt.init(params)
+    rng = np.random.default_rng(0)
+    for i in range(steps):
+        g = jax.tree_util.tree_map(
+            lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
+        )
+        _, state = update(g, state, params, value=jnp.float32(1.0 - 0.01 * i))
+    return state
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nonfinite_gradient_skips_and_freezes_inner_state(guarded, bad):
+    opt, update = guarded
+    params = _tree([1.0, 2.0, 3.0])
+    state = _warm_state(opt, update, params)
+    grads = _tree([0.5, bad, 0.1])
+    updates, new = update(grads, state, params, value=jnp.float32(0.9))
+    chex.assert_trees_all_equal(updates, jax.tree_util.tree_map(jnp.zeros_like, params))
+    assert _leaves_equal(new.inner_state, state.inner_state)
+    assert int(new.skipped_steps) == int(state.skipped_steps) + 1
+    assert int(new.nonfinite_steps) == int(state.nonfinite_steps) + 1
+    assert int(new.consecutive_skips) == 1
+    assert int(new.guard_steps) == int(state.guard_steps) + 1
+    # A non-finite step never moves the running statistics.
+    assert float(new.norm_log_mean) == float(state.norm_log_mean)
+    assert float(new.loss_mean) == float(state.loss_mean)
+    assert float(new.recovery.recovery_scale) < float(state.recovery.recovery_scale)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nonfinite_loss_skips(guarded, bad):
+    opt, update = guarded
+    params = _tree([1.0, 2.0, 3.0])
+    state = _warm_state(opt, update, params)
+    updates, new = update(_tree([0.1, 0.2, 0.3]), state, params, value=jnp.float32(bad))
+    assert all(not np.any(np.asarray(u)) for u in jax.tree_util.tree_leaves(updates))
+    assert _leaves_equal(new.inner_state, state.inner_state)
+    assert int(new.nonfinite_steps) == 1
+    assert float(new.last_loss) == float(state.last_loss)
+
+
+def test_healthy_step_matches_inner_optimizer():
+    inner = optax.adam(1e-2)
+    opt = ox.explosion_guard(inner)
+    params = _tree([1.0, 2.0, 3.0])
+    g = _tree([0.1, -0.2, 0.3])
+    u_ref, s_ref = inner.update(g, inner.init(params), params)
+    u, s = opt.update(g, opt.init(params), params, value=jnp.float32(1.0))
+    chex.assert_trees_all_close(u, u_ref, rtol=1e-6)
+    chex.assert_trees_all_close(s.inner_state, s_ref)
+    assert int(s.accepted_steps) == 1 and int(s.skipped_steps) == 0
+
+
+def _spike_run(on_spike, factor=1e4, loss_spike=False):
+    opt = ox.explosion_guard(optax.sgd(1.0), warmup_steps=10, on_spike=on_spike)
+    params = {"w": jnp.zeros(16, jnp.float32)}
+    update = jax.jit(opt.update)
+    state = opt.init(params)
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        g = {"w": jnp.asarray(rng.normal(size=16), jnp.float32)}
+        _, state = update(g, state, params, value=jnp.float32(2.0 + 0.01 * rng.normal()))
+    g = {"w": jnp.asarray(factor * rng.normal(size=16), jnp.float32)}
+    loss = jnp.float32(50.0 if loss_spike else 2.0)
+    u, new = update(g, state, params, value=loss)
+    return state, new, g, u
+
+
+def test_gradient_spike_is_skipped():
+    state, new, _, u = _spike_run("skip")
+    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
+    assert not np.any(np.asarray(u["w"]))
+    assert _leaves_equal(new.inner_state, state.inner_state)
+    # The spike feeds its threshold, not its own value, into the statistics.
+    assert float(new.norm_log_mean) < float(state.norm_log_mean) + 0.1
+
+
+def test_gradient_spike_is_clipped_to_threshold():
+    state, new, g, u = _spike_run("clip")
+    assert int(new.clipped_steps) == 1 and int(new.skipped_steps) == 0
+    std = max(np.sqrt(float(state.norm_log_var)), 0.05)
+    thr = np.exp(float(state.norm_log_mean) + 6.0 * std)
+    scale = float(state.recovery.recovery_scale)
+    got = float(jnp.linalg.norm(u["w"]))
+    # sgd(1.0) returns -g: the applied norm is the threshold times the scale in use.
+    assert got == pytest.approx(thr * float(new.recovery.recovery_scale), rel=1e-4) or \
+        got == pytest.approx(thr * scale, rel=1e-4)
+    assert got < 0.01 * float(jnp.linalg.norm(g["w"]))
+
+
+def test_spike_mode_none_counts_only():
+    _, new, g, u = _spike_run("none")
+    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 0
+    assert np.all(np.isfinite(np.asarray(u["w"])))
+    assert float(jnp.linalg.norm(u["w"])) > 0.0
+
+
+def test_loss_spike_detected_and_skipped():
+    state, new, _, u = _spike_run("skip", factor=1.0, loss_spike=True)
+    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
+    assert not np.any(np.asarray(u["w"]))
+
+
+def test_no_spikes_during_warmup():
+    opt = ox.explosion_guard(optax.sgd(1.0), warmup_steps=50)
+    params = {"w": jnp.zeros(4, jnp.float32)}
+    state = opt.init(params)
+    for i in range(5):
+        g = {"w": jnp.full(4, 10.0**i, jnp.float32)}
+        _, state = opt.update(g, state, params)
+    assert int(state.spike_steps) == 0 and int(state.accepted_steps) == 5
+
+
+def test_diverged_after_max_consecutive_skips_and_stays_zero(guarded):
+    opt, update = guarded
+    params = _tree([1.0, 2.0, 3.0])
+    state = _warm_state(opt, update, params)
+    nan = _tree([np.nan, 0.0, 0.0])
+    for _ in range(4):
+        _, state = update(nan, state, params, value=jnp.float32(1.0))
+    assert bool(state.diverged)
+    frozen = state.inner_state
+    u, state = update(_tree([0.1, 0.2, 0.3]), state, params, value=jnp.float32(1.0))
+    assert bool(state.diverged)
+    assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(u))
+    assert _leaves_equal(state.inner_state, frozen)
+
+
+def test_vanishing_steps_counted():
+    opt = ox.explosion_guard(optax.sgd(1.0), vanishing_threshold=1e-3)
+    params = {"w": jnp.zeros(4, jnp.float32)}
+    state = opt.init(params)
+    for v in (1.0, 1e-5, 0.0, 1.0):
+        _, state = opt.update({"w": jnp.full(4, v, jnp.float32)}, state, params)
+    assert int(state.vanishing_steps) == 2
+
+
+def test_counters_saturate_instead_of_wrapping():
+    opt = ox.explosion_guard(optax.sgd(1.0))
+    params = {"w": jnp.zeros(2, jnp.float32)}
+    state = opt.init(params)
+    big = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
+    state = state._replace(guard_steps=big, accepted_steps=big)
+    _, state = opt.update({"w": jnp.ones(2, jnp.float32)}, state, params)
+    assert int(state.guard_steps) == np.iinfo(np.int32).max
+    assert int(state.accepted_steps) == np.iinfo(np.int32).max
+
+
+class _RecordState(NamedTuple):
+    seen_value: jax.Array
+
+
+def _record_value():
+    def init(params):
+        del params
+        return _RecordState(jnp.zeros((), jnp.float32))
+
+    def update(updates, state, params=None, *, value, **extra):
+        del params, extra
+        return updates, _RecordState(jnp.asarray(value, jnp.float32))
+
+    return optax.GradientTransformationExtraArgs(init, update)
+
+
+def test_forwards_value_through_chain_partition_and_inject():
+    params = {"w": jnp.ones(3, jnp.float32), "b": jnp.ones(2, jnp.float32)}
+    inner = optax.chain(
+        optax.partition(
+            {"w": _record_value(), "b": optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)},
+            {"w": "w", "b": "b"},
+        ),
+    )
+    opt = ox.explosion_guard(inner)
+    state = opt.init(params)
+    g = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, state = jax.jit(opt.update)(g, state, params, value=jnp.float32(3.5))
+    assert float(optax.tree.get(state, "seen_value")) == 3.5
+
+
+def test_works_without_value():
+    opt = ox.explosion_guard(optax.adam(1e-3))
+    params = {"w": jnp.ones(3, jnp.float32)}
+    u, state = opt.update({"w": jnp.ones(3, jnp.float32)}, opt.init(params), params)
+    assert int(state.accepted_steps) == 1 and float(state.last_loss) == 0.0
+
+
+def test_bf16_norm_does_not_overflow():
+    opt = ox.explosion_guard(optax.sgd(1.0))
+    g = {"w": jnp.full((1000, 1000), 1e3, jnp.bfloat16)}
+    u, state = opt.update(g, opt.init(g), g)
+    assert u["w"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(float(state.last_grad_norm), 1e6, rtol=1e-2)
+    assert int(state.accepted_steps) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(z_threshold=-1.0), r"explosion_guard\(z_threshold=-1.0\): z_threshold must be > 0"),
+        (dict(warmup_steps=-1), "warmup_steps must be >= 0"),
+        (dict(warmup_steps=2.5), "warmup_steps must be an integer"),
+        (dict(on_spike="drop"), "on_spike must be one of"),
+        (dict(backoff_factor=0.0), "backoff_factor must be > 0"),
+        (dict(backoff_factor=1.5), "backoff_factor must be <= 1"),
+        (dict(growth_factor=0.9), "growth_factor must be >= 1"),
+        (dict(min_scale=0.0), "min_scale must be > 0"),
+        (dict(max_consecutive_skips=0), "max_consecutive_skips must be >= 1"),
+        (dict(vanishing_threshold=-1.0), "vanishing_threshold must be >= 0"),
+        (dict(decay=1.0), "decay must be < 1"),
+        (dict(z_threshold="6"), "z_threshold must be a number"),
+        (dict(watch_loss=1), "watch_loss must be a bool"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ox.explosion_guard(optax.adam(1e-3), **kwargs)
+
+
+def test_inner_must_be_a_transformation():
+    with pytest.raises(TypeError, match="inner must be an optax GradientTransformation"):
+        ox.explosion_guard(optax.adam)
+
+
+# --- Fault injection on a small regression problem -------------------------
+
+_STEPS = 300
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, 8)).astype(np.float32)
+    w_true = rng.normal(size=(8, 1)).astype(np.float32)
+    y = np.tanh(x @ w_true) + 0.05 * rng.normal(size=(256, 1)).astype(np.float32)
+    params = {
+        "w1": jnp.asarray(0.3 * rng.normal(size=(8, 16)), jnp.float32),
+        "w2": jnp.asarray(0.3 * rng.normal(size=(16, 1)), jnp.float32),
+    }
+    return jnp.asarray(x), jnp.asarray(y), params
+
+
+def _loss(params, x, y):
+    h = jnp.tanh(x @ params["w1"])
+    return jnp.mean((h @ params["w2"] - y) ** 2)
+
+
+# fault codes: 0 none, 1 NaN gradient, 2 Inf gradient, 3 x1e4 gradient, 4 NaN loss
+_FAULTS = {60: 1, 110: 2, 160: 3, 210: 4}
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _train(opt_name, faults):
+    x, y, params = _problem()
+    if opt_name == "adam":
+        opt = optax.adam(1e-2)
+    else:
+        opt = ox.explosion_guard(optax.adam(1e-2))
+
+    def step(carry, fault):
+        params, state = carry
+        loss, grads = jax.value_and_grad(_loss)(params, x, y)
+        grads = jax.tree_util.tree_map(
+            lambda g: jnp.where(fault == 1, jnp.nan, jnp.where(fault == 2, jnp.inf, g))
+            * jnp.where(fault == 3, 1e4, 1.0).astype(g.dtype),
+            grads,
+        )
+        loss_in = jnp.where(fault == 4, jnp.nan, loss)
+        updates, state = opt.update(grads, state, params, value=loss_in)
+        return (optax.apply_updates(params, updates), state), loss
+
+    (params, state), losses = jax.lax.scan(step, (params, opt.init(params)), faults)
+    return _loss(params, x, y), params, losses, state
+
+
+def _fault_array():
+    f = np.zeros(_STEPS, np.int32)
+    for k, v in _FAULTS.items():
+        f[k] = v
+    return jnp.asarray(f)
+
+
+@pytest.mark.slow
+def test_fault_injection_guard_survives_where_adam_dies():
+    clean = np.zeros(_STEPS, np.int32)
+    clean_loss, *_ = _train("guard", jnp.asarray(clean))
+    guard_loss, params, losses, state = _train("guard", _fault_array())
+    adam_loss, adam_params, *_ = _train("adam", _fault_array())
+
+    assert all(np.all(np.isfinite(np.asarray(p))) for p in jax.tree_util.tree_leaves(params))
+    x, y, init_params = _problem()
+    init_loss = float(_loss(init_params, x, y))
+    # Within 5% of the clean run's improvement over the initial loss.
+    assert float(guard_loss) <= float(clean_loss) + 0.05 * (init_loss - float(clean_loss))
+    assert int(state.nonfinite_steps) == 3
+    assert int(state.skipped_steps) >= 4  # the three non-finite steps and the x1e4 spike
+    assert not bool(state.diverged)
+    # Plain Adam on the same faults ends with NaN parameters.
+    assert not np.isfinite(float(adam_loss))
