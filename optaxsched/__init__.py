@@ -23,4 +23,14 @@ from optaxsched.guard import ExplosionGuardState, explosion_guard
 __all__ += ["explosion_guard", "ExplosionGuardState"]
 # --- loss_adaptive ---
 # --- groups ---
+from optaxsched.groups import (
+    ScaleByGroupState,
+    describe_groups,
+    label_by_path,
+    layer_decay_rules,
+    scale_by_group,
+    tree_paths,
+)
+__all__ += ["scale_by_group", "ScaleByGroupState", "label_by_path",
+            "layer_decay_rules", "describe_groups", "tree_paths"]
 # --- telemetry ---

@@ -108,3 +108,17 @@ if hasattr(ox, "explosion_guard"):
     )
 # --- loss_adaptive.py ---
 # --- groups.py ---
+if hasattr(ox, "scale_by_group"):
+
+    def _group_warmup(step):
+        return jnp.minimum(1.0, (step + 1).astype(jnp.float32) / 4.0)
+
+    _add(
+        Case("scale_by_group", ox.scale_by_group,
+             dict(rules={"layers_0": 0.5, r"^b$": 0.0}, default=2.0), inject=("default",)),
+        Case("scale_by_group_schedule", ox.scale_by_group,
+             dict(rules=[(r"^w$", _group_warmup)], default=0.25)),
+        Case("scale_by_group_llrd", ox.scale_by_group,
+             dict(rules=ox.layer_decay_rules(0.5, 1, embed_pattern=r"^w$"), default=1.0),
+             inject=("default",)),
+    )

@@ -1,0 +1,553 @@
+"""Per-parameter rates by parameter path.
+
+A parameter's *path* is the ``/``-joined keys that lead to it in the params
+tree: dict keys, sequence indices and dataclass / Flax struct / NamedTuple
+field names, e.g. ``encoder/layers_3/attn/kernel``. Rules are ordered
+``(regex, value)`` pairs matched with :func:`re.search`; the first rule whose
+pattern occurs in the path wins. All matching is done on Python strings when a
+transform is initialised or traced, never inside compiled code.
+
+``tree_paths`` and ``path_str`` are the one place where the library turns a
+tree position into a name; ``optaxsched.telemetry`` names its entries with them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from optaxsched import _numerics as nx
+from optaxsched._validation import check_int, check_number, is_traced
+
+__all__ = ["ScaleByGroupState", "tree_paths", "path_str", "scale_by_group",
+           "label_by_path", "layer_decay_rules", "describe_groups"]
+
+# Attribute names under which boxed parameters keep their array: flax.nnx
+# Variables (``value``; ``raw_value`` in some versions) and flax.linen
+# ``Partitioned`` boxes (``value``). They are dropped from the end of a path so
+# a boxed and an unboxed copy of one tree have the same paths.
+_BOX_FIELDS = ("value", "raw_value")
+# Most paths a strict-mode error lists before it abbreviates.
+_MAX_LISTED = 100
+
+
+def _key_str(key: Any) -> str:
+    # DictKey.key, FlattenedIndexKey.key, SequenceKey.idx, GetAttrKey.name;
+    # plain str/int entries (nnx flat-state paths) and anything else: str().
+    for attr in ("key", "idx", "name"):
+        if hasattr(key, attr) and not isinstance(key, (str, int)):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def path_str(keypath: Iterable[Any], *, sep: str = "/") -> str:
+    """Turns a JAX key path into a parameter path such as ``layers_0/attn/kernel``.
+
+    ``DictKey`` gives its key, ``SequenceKey`` and ``FlattenedIndexKey`` their
+    index, ``GetAttrKey`` (dataclasses, Flax structs, NamedTuples, nnx Modules)
+    its field name; plain ``str``/``int`` entries (``nnx`` flat-state paths) are
+    used as they are. A trailing ``GetAttrKey`` named ``value`` or ``raw_value``
+    is dropped: there an ``nnx.Variable`` or a ``linen.Partitioned`` box keeps
+    its array, so ``nnx.state(model, nnx.Param)`` and its ``nnx.as_pure`` /
+    ``nnx.to_pure_dict`` copies all give ``linear/kernel``, never
+    ``linear/kernel/value`` (paths stay unique: the box is not a leaf). Keys
+    containing ``sep`` are not escaped.
+
+    Args:
+      keypath: a key path from ``jax.tree_util.tree_flatten_with_path``, or any
+        sequence of key entries, strings and integers.
+      sep: separator between entries.
+
+    Returns:
+      The path; ``""`` for the root.
+
+    Example:
+      >>> import jax
+      >>> tree = {"encoder": {"layers": [{"kernel": 1.0}]}}
+      >>> [path_str(k) for k, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+      ['encoder/layers/0/kernel']
+    """
+    keypath = tuple(keypath)
+    if keypath and isinstance(keypath[-1], jax.tree_util.GetAttrKey):
+        keypath = keypath[:-1] if keypath[-1].name in _BOX_FIELDS else keypath
+    return sep.join(_key_str(k) for k in keypath)
+
+
+def tree_paths(tree: Any, *, is_leaf: Callable[[Any], bool] | None = None) -> Any:
+    """Replaces every leaf of ``tree`` by its path (see :func:`path_str`).
+
+    The result has the structure of ``tree`` (nnx ``Variable`` boxes included,
+    holding strings), so it maps together with the tree, e.g. into a mask for
+    ``optax.masked``. Linen: ``layers_0/attn/query/kernel`` (given
+    ``variables["params"]``); ``nnx.state(model, nnx.Param)``:
+    ``layers/0/linear/kernel``.
+
+    Args:
+      tree: any pytree.
+      is_leaf: optional, as in ``jax.tree_util.tree_flatten``.
+
+    Returns:
+      A tree of ``str`` with the structure of ``tree``.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}}
+      >>> tree_paths(params)
+      {'dense': {'bias': 'dense/bias', 'kernel': 'dense/kernel'}}
+      >>> mask = jax.tree.map(lambda p: not p.endswith("bias"), tree_paths(params))
+      >>> tx = optax.masked(optax.add_decayed_weights(1e-4), mask)
+    """
+    keyed, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return jax.tree_util.tree_unflatten(treedef, [path_str(k) for k, _ in keyed])
+
+
+class _LayerIndexPattern:
+    """Matches paths whose layer index (first group of ``regex``) is ``index``;
+    an index outside ``[0, num_layers)`` raises, so a wrong ``num_layers``
+    cannot go unnoticed."""
+
+    def __init__(self, regex: re.Pattern, index: int, num_layers: int):
+        self.regex, self.index, self.num_layers = regex, index, num_layers
+        self.pattern = f"{regex.pattern} == {index}"
+
+    def search(self, path: str):
+        m = self.regex.search(path)
+        if m is None:
+            return None
+        if not (m.group(1) or "").isdigit():
+            raise ValueError(
+                f"layer_decay_rules(layer_pattern={self.regex.pattern!r}): the layer "
+                f"index {m.group(1)!r} captured in path {path!r} is not an integer"
+            )
+        found = int(m.group(1))
+        if not 0 <= found < self.num_layers:
+            raise ValueError(
+                f"layer_decay_rules(num_layers={self.num_layers}): path {path!r} has "
+                f"layer index {found}, outside 0..{self.num_layers - 1}; pass the "
+                f"model's number of layers"
+            )
+        return m if found == self.index else None
+
+    def __repr__(self) -> str:
+        return f"LayerIndex({self.regex.pattern!r}, {self.index})"
+
+
+class _Rule(NamedTuple):
+    text: str  # the pattern as the user wrote it, for messages
+    pattern: Any  # anything with ``.search(str)``
+    value: Any
+
+
+def _compile_pattern(fn: str, name: str, pattern: Any) -> Any:
+    if isinstance(pattern, (re.Pattern, _LayerIndexPattern)):
+        return pattern
+    if not isinstance(pattern, str):
+        raise TypeError(
+            f"{fn}({name}={pattern!r}): a pattern must be a str or re.Pattern, "
+            f"got {type(pattern).__name__}"
+        )
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"{fn}({name}={pattern!r}): invalid regular expression: {e}") from None
+
+
+def _compile_rules(fn: str, rules: Any, check_value: Callable[[str, str, Any], None]):
+    if isinstance(rules, Mapping):
+        items = list(rules.items())
+    elif isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
+        raise TypeError(
+            f"{fn}(rules={rules!r}): rules must be a mapping or a sequence of "
+            f"(pattern, value) pairs"
+        )
+    else:
+        items = [tuple(x) if isinstance(x, (tuple, list)) else x for x in rules]
+        for item in items:
+            if not (isinstance(item, tuple) and len(item) == 2):
+                raise TypeError(
+                    f"{fn}(rules=...): every rule must be a (pattern, value) pair, "
+                    f"got {item!r}"
+                )
+    out = []
+    for pattern, value in items:
+        name = f"rules[{getattr(pattern, 'pattern', pattern)!r}]"
+        compiled = _compile_pattern(fn, name, pattern)
+        check_value(fn, name, value)
+        out.append(_Rule(compiled.pattern, compiled, value))
+    return tuple(out)
+
+
+def _check_multiplier(fn: str, name: str, value: Any) -> None:
+    """A multiplier must be a finite number >= 0 or a schedule."""
+    if not callable(value):
+        check_number(fn, name, value, ge=0)
+        return
+    # Cheap sanity check of the schedule at step 0; later values are traced
+    # and cannot be checked here.
+    with jax.ensure_compile_time_eval():
+        try:
+            v0 = value(jnp.zeros((), jnp.int32))
+        except Exception as e:  # report which rule's schedule failed
+            raise TypeError(
+                f"{fn}({name}={value!r}): calling the schedule at step 0 failed: {e!r}"
+            ) from e
+    if is_traced(v0):
+        return
+    if np.ndim(v0) != 0:
+        raise ValueError(
+            f"{fn}({name}={value!r}): a schedule must return a scalar, "
+            f"got shape {np.shape(v0)}"
+        )
+    check_number(fn, f"{name}(0)", v0, ge=0)
+
+
+def _check_label(fn: str, name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise TypeError(
+            f"{fn}({name}={value!r}): a label must be a str, got {type(value).__name__}"
+        )
+
+
+def _check_bool(fn: str, name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{fn}({name}={value!r}): {name} must be a bool")
+
+
+def _listing(paths: list[str], what: str = "available paths") -> str:
+    shown = "\n  ".join(paths[:_MAX_LISTED])
+    more = len(paths) - _MAX_LISTED
+    tail = f"\n  ... and {more} more (see optaxsched.tree_paths)" if more > 0 else ""
+    return f"{what} ({len(paths)}):\n  {shown}{tail}"
+
+
+class _Matcher:
+    """Assigns each leaf of a tree the index of its winning rule (-1: none).
+
+    Results are cached per tree structure, so eager training loops do not
+    rerun the regexes every step.
+    """
+
+    def __init__(self, fn: str, rules: tuple[_Rule, ...], strict: bool):
+        self.fn, self.rules, self.strict = fn, rules, strict
+        self._cache: dict[Any, tuple[tuple[str, ...], tuple[int, ...]]] = {}
+
+    def winners(self, paths: list[str]) -> list[int]:
+        rules = list(enumerate(self.rules))
+        return [next((i for i, r in rules if r.pattern.search(p)), -1) for p in paths]
+
+    def unused(self, paths: list[str], winners: list[int]) -> list[str]:
+        """Messages for rules that win no path (unmatched or shadowed)."""
+        won = set(winners)
+        msgs = []
+        for i, r in enumerate(self.rules):
+            if i in won:
+                continue
+            hits = [p for p in paths if r.pattern.search(p)]
+            msgs.append(
+                f"rule '{r.text}' only matches paths taken by earlier rules (e.g. "
+                f"{hits[0]!r})" if hits else f"rule '{r.text}' matches no parameter path"
+            )
+        return msgs
+
+    def __call__(self, tree: Any):
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        hit = self._cache.get(treedef)
+        if hit is None:
+            keyed, _ = jax.tree_util.tree_flatten_with_path(tree)
+            paths = [path_str(k) for k, _ in keyed]
+            winners = self.winners(paths)
+            if self.strict:
+                msgs = self.unused(paths, winners)
+                if msgs:
+                    raise ValueError(
+                        f"{self.fn}(strict=True): " + "; ".join(msgs) + ". Fix the "
+                        f"pattern or pass strict=False; " + _listing(paths)
+                    )
+            if len(self._cache) > 32:
+                self._cache.clear()
+            hit = self._cache[treedef] = (tuple(paths), tuple(winners))
+        return leaves, treedef, hit[0], hit[1]
+
+
+class ScaleByGroupState(NamedTuple):
+    """State of :func:`scale_by_group`.
+
+    Attributes:
+      group_count: updates made so far (int32, saturating); schedules in the
+        rules are evaluated at this count.
+    """
+
+    group_count: jax.Array
+
+
+def scale_by_group(
+    rules: Any, default: Any = 1.0, strict: bool = True
+) -> optax.GradientTransformationExtraArgs:
+    """Multiplies each parameter's update by the multiplier its path selects.
+
+    For a leaf with path ``p``, the first rule ``(pattern_k, m_k)`` with
+    ``re.search(pattern_k, p)`` gives
+
+        u_p ← m_k(t) · u_p        (``default`` when no rule matches),
+
+    where ``m_k`` is a constant or a schedule evaluated at the transform's own
+    step count ``t = 0, 1, ...``. This is PyTorch's parameter groups with a
+    per-group ``lr`` factor. Non-float leaves pass through untouched; a
+    constant multiplier of 0 gives exact zeros (a frozen group stays frozen even
+    when its gradient is NaN); half-precision leaves are multiplied in float32
+    and rounded once. The regexes run when the transform is initialised or
+    traced, on Python strings, never in compiled code. Inside
+    ``optax.partition`` / ``optax.masked`` the rules see (and ``strict``
+    checks) only that group's parameters.
+
+    Args:
+      rules: an ordered mapping ``{pattern: multiplier}`` or a sequence of
+        ``(pattern, multiplier)`` pairs; a pattern is a regex string or a
+        compiled ``re.Pattern``; a multiplier is a finite number >= 0 or a
+        schedule ``step -> scalar`` (its value at step 0 is checked here; later
+        values are used as they come, so keep them >= 0). The output of
+        :func:`layer_decay_rules` is accepted as is.
+      default: multiplier (or schedule) for paths that no rule matches, >= 0.
+      strict: raise at ``init`` when a rule wins no parameter (matches nothing,
+        or only paths an earlier rule already took), listing the paths; this
+        catches typos in patterns.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`ScaleByGroupState`.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optaxsched as ox
+      >>> params = {"backbone": {"kernel": jnp.ones(3)}, "head": {"kernel": jnp.ones(3)}}
+      >>> tx = optax.chain(optax.sgd(1.0), ox.scale_by_group({"backbone": 0.25}))
+      >>> u, _ = tx.update(params, tx.init(params))
+      >>> float(u["backbone"]["kernel"][0]), float(u["head"]["kernel"][0])
+      (-0.25, -1.0)
+
+    References:
+      Howard & Ruder, "Universal Language Model Fine-tuning for Text
+      Classification" (discriminative fine-tuning), 2018.
+    """
+    fn = "scale_by_group"
+    compiled = _compile_rules(fn, rules, _check_multiplier)
+    _check_multiplier(fn, "default", default)
+    _check_bool(fn, "strict", strict)
+    values = [r.value for r in compiled] + [default]  # index -1 is the default
+    matcher = _Matcher(fn, compiled, strict)
+
+    def init_fn(params):
+        matcher(params)
+        return ScaleByGroupState(group_count=jnp.zeros((), jnp.int32))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del params, extra_args
+        leaves, treedef, _, winners = matcher(updates)
+        count = state.group_count
+        multipliers: dict[int, Any] = {}
+
+        def multiplier(k):
+            if k not in multipliers:
+                m = values[k]
+                multipliers[k] = jnp.asarray(m(count), jnp.float32) if callable(m) else m
+            return multipliers[k]
+
+        out = []
+        for leaf, k in zip(leaves, winners):
+            m = multiplier(k) if nx.is_float_leaf(leaf) else 1.0
+            if isinstance(m, (int, float)) and m in (0.0, 1.0):
+                # Constant 1 costs nothing; constant 0 freezes exactly (no 0 * NaN).
+                out.append(leaf if m == 1.0 else jnp.zeros_like(leaf))
+            else:
+                out.append(nx.scale_leaf(leaf, m))
+        new_state = ScaleByGroupState(group_count=nx.saturating_increment(count))
+        return jax.tree_util.tree_unflatten(treedef, out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def label_by_path(
+    rules: Any, default: str | None = None, strict: bool = True
+) -> Callable[[Any], Any]:
+    """Builds ``params -> labels`` for ``optax.partition`` from path patterns.
+
+    Each leaf gets the label of the first rule whose pattern ``re.search``-es
+    its path, else ``default``. The labels tree has the structure of the input
+    (nnx ``Variable`` boxes included), as ``optax.partition`` requires.
+
+    Args:
+      rules: an ordered mapping ``{pattern: label}`` or a sequence of
+        ``(pattern, label)`` pairs; patterns are regex strings or compiled
+        ``re.Pattern``; labels are strings.
+      default: label for unmatched paths; ``None`` makes an unmatched path an
+        error that lists it.
+      strict: raise when a rule wins no parameter (matches nothing, or only
+        paths an earlier rule already took), listing the paths.
+
+    Returns:
+      A function from a params (or updates) tree to a tree of label strings.
+
+    Example:
+      >>> import jax.numpy as jnp, optax, optaxsched as ox
+      >>> params = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+      >>> labels = ox.label_by_path({r"bias|scale": "no_decay"}, default="decay")
+      >>> labels(params)
+      {'dense': {'bias': 'no_decay', 'kernel': 'decay'}}
+      >>> tx = optax.partition({"decay": optax.adamw(1e-3, weight_decay=0.1),
+      ...                       "no_decay": optax.adam(1e-3)}, labels)
+
+    References:
+      Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019.
+    """
+    fn = "label_by_path"
+    compiled = _compile_rules(fn, rules, _check_label)
+    if default is not None:
+        _check_label(fn, "default", default)
+    _check_bool(fn, "strict", strict)
+    matcher = _Matcher(fn, compiled, strict)
+
+    def labels(params: Any) -> Any:
+        _, treedef, paths, winners = matcher(params)
+        if default is None:
+            missing = [p for p, k in zip(paths, winners) if k < 0]
+            if missing:
+                names = ", ".join(f"'{r.text}'" for r in compiled)
+                raise ValueError(
+                    f"{fn}(default=None): no rule matches {len(missing)} path(s); add "
+                    f"a rule or pass default=...; rules: {names}; "
+                    + _listing(missing, "unmatched paths")
+                )
+        return jax.tree_util.tree_unflatten(
+            treedef, [compiled[k].value if k >= 0 else default for k in winners]
+        )
+
+    return labels
+
+
+def layer_decay_rules(
+    decay: float,
+    num_layers: int,
+    layer_pattern: str = r"layers_(\d+)",
+    embed_pattern: str | None = r"embed",
+) -> list[tuple[Any, float]]:
+    """Rules for layer-wise learning-rate decay (LLRD), for :func:`scale_by_group`.
+
+    Parameters get a layer id: 0 for the embedding (paths matching
+    ``embed_pattern``, checked first), ``i + 1`` for block ``i`` (the first
+    group of ``layer_pattern`` captures ``i``), ``L + 1`` for everything else
+    (the head, final norm). The multiplier is
+
+        m(id) = decay^(L + 1 − id),     L = num_layers,
+
+    so the head learns at the full rate, block ``L − 1`` at ``decay``, and the
+    embedding at ``decay^(L+1)``. The rest is left to ``scale_by_group``'s
+    ``default`` (1.0 = decay^0). With ``strict`` (the default), a model whose
+    embedding or some block ``i < L`` is missing is an error at ``init``; a
+    path whose layer index is ``>= L`` always is.
+
+    Args:
+      decay: per-layer factor, 0 < decay <= 1 (MAE 0.75, ELECTRA 0.8, BEiT 0.65).
+      num_layers: number of blocks L, >= 1.
+      layer_pattern: regex whose first capturing group is the block index. The
+        default fits linen's ``layers_0`` naming; for ``nnx.List`` use
+        ``r"layers/(\\d+)"``.
+      embed_pattern: regex for the embedding parameters; ``None`` for no
+        embedding rule.
+
+    Returns:
+      A list of ``(pattern, multiplier)`` pairs; prepend your own rules to give
+      them priority.
+
+    Example:
+      >>> import optaxsched as ox
+      >>> rules = ox.layer_decay_rules(0.5, num_layers=2)
+      >>> [m for _, m in rules]
+      [0.125, 0.25, 0.5]
+      >>> tx = ox.scale_by_group(rules)
+
+    References:
+      Clark et al., "ELECTRA", 2020; Bao et al., "BEiT", 2022; He et al.,
+      "Masked Autoencoders Are Scalable Vision Learners", 2022.
+    """
+    fn = "layer_decay_rules"
+    check_number(fn, "decay", decay, gt=0, le=1)
+    check_int(fn, "num_layers", num_layers, ge=1)
+    decay, num_layers = float(decay), int(num_layers)
+    layer_re = _compile_pattern(fn, "layer_pattern", layer_pattern)
+    if not isinstance(layer_re, re.Pattern) or layer_re.groups < 1:
+        raise ValueError(
+            f"{fn}(layer_pattern={layer_pattern!r}): layer_pattern must have a "
+            f"capturing group for the layer index, e.g. r'layers_(\\d+)'"
+        )
+    rules: list[tuple[Any, float]] = []
+    if embed_pattern is not None:
+        _compile_pattern(fn, "embed_pattern", embed_pattern)
+        rules.append((embed_pattern, decay ** (num_layers + 1)))
+    for i in range(num_layers):
+        rules.append((_LayerIndexPattern(layer_re, i, num_layers), decay ** (num_layers - i)))
+    return rules
+
+
+def describe_groups(params: Any, rules: Any, default: Any = 1.0) -> str:
+    """A table of which rule and multiplier every parameter gets.
+
+    Columns: path, shape, dtype, matched rule, multiplier. A schedule shows its
+    value at step 0, marked ``*``; non-float leaves show ``-`` (untouched).
+    Rules that win no parameter are listed below the table. Works on
+    ``jax.ShapeDtypeStruct`` trees (``jax.eval_shape`` output) too.
+
+    Args:
+      params: the params tree.
+      rules: as for :func:`scale_by_group`.
+      default: as for :func:`scale_by_group`.
+
+    Returns:
+      The table as a string.
+
+    Example:
+      >>> import jax.numpy as jnp, optaxsched as ox
+      >>> params = {"embed": {"embedding": jnp.ones((10, 4))},
+      ...           "layers_0": {"kernel": jnp.ones((4, 4))}, "head": {"kernel": jnp.ones((4, 2))}}
+      >>> print(ox.describe_groups(params, ox.layer_decay_rules(0.5, 1)))
+      path             shape    dtype    rule               multiplier
+      ---------------  -------  -------  -----------------  ----------
+      embed/embedding  (10, 4)  float32  embed              0.25
+      head/kernel      (4, 2)   float32  (default)          1
+      layers_0/kernel  (4, 4)   float32  layers_(\\d+) == 0  0.5
+
+    References:
+      Diagnostic only; see :func:`scale_by_group`.
+    """
+    fn = "describe_groups"
+    compiled = _compile_rules(fn, rules, _check_multiplier)
+    _check_multiplier(fn, "default", default)
+    matcher = _Matcher(fn, compiled, strict=False)
+    leaves, _, paths, winners = matcher(params)
+    any_schedule = False
+    rows = [("path", "shape", "dtype", "rule", "multiplier")]
+    for leaf, path, k in zip(leaves, paths, winners):
+        value = compiled[k].value if k >= 0 else default
+        rule = compiled[k].text if k >= 0 else "(default)"
+        if not nx.is_float_leaf(leaf):
+            mult = "-"
+        elif callable(value):
+            any_schedule = True
+            with jax.ensure_compile_time_eval():
+                mult = f"{float(value(jnp.zeros((), jnp.int32))):.6g}*"
+        else:
+            mult = f"{float(value):.6g}"
+        dtype = getattr(leaf, "dtype", type(leaf).__name__)
+        shape = tuple(getattr(leaf, "shape", np.shape(leaf)))
+        rows.append((path or "(root)", str(shape), str(dtype), rule, mult))
+    widths = [max(len(r[c]) for r in rows) for c in range(5)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    if any_schedule:
+        lines.append("* schedule: value at step 0")
+    lines.extend(f"note: {m}" for m in matcher.unused(list(paths), list(winners)))
+    return "\n".join(lines)
