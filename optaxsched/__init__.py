@@ -22,6 +22,22 @@ __all__ = ["schedules"]
 from optaxsched.guard import ExplosionGuardState, explosion_guard
 __all__ += ["explosion_guard", "ExplosionGuardState"]
 # --- loss_adaptive ---
+from optaxsched.loss_adaptive import (
+    BoldDriverState,
+    ReduceOnPlateauState,
+    ScaleByLossState,
+    bold_driver,
+    reduce_on_plateau,
+    scale_by_loss,
+)
+__all__ += [
+    "BoldDriverState",
+    "ReduceOnPlateauState",
+    "ScaleByLossState",
+    "bold_driver",
+    "reduce_on_plateau",
+    "scale_by_loss",
+]
 # --- groups ---
 from optaxsched.groups import (
     ScaleByGroupState,

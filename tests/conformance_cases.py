@@ -107,6 +107,22 @@ if hasattr(ox, "explosion_guard"):
              needs_value=True),
     )
 # --- loss_adaptive.py ---
+if hasattr(ox, "reduce_on_plateau"):
+
+    def _inverse_loss(v):
+        return 1.0 / (1.0 + jnp.abs(v))
+
+    _add(
+        Case("reduce_on_plateau", ox.reduce_on_plateau, {}, inject=("factor", "threshold"),
+             needs_value=True),
+        Case("reduce_on_plateau_max_abs_accum", ox.reduce_on_plateau,
+             dict(factor=0.5, patience=0, threshold=0.01, threshold_mode="abs",
+                  mode="max", cooldown=1, min_scale=0.2, accumulation_steps=2),
+             inject=("factor", "patience"), needs_value=True),
+        Case("scale_by_loss", ox.scale_by_loss, dict(fn=_inverse_loss), needs_value=True),
+        Case("bold_driver", ox.bold_driver, dict(increase=1.1, decrease=0.5, max_scale=2.0),
+             inject=("increase", "decrease"), needs_value=True),
+    )
 # --- groups.py ---
 if hasattr(ox, "scale_by_group"):
 
