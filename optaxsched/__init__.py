@@ -18,6 +18,35 @@ __all__ = ["schedules"]
 
 # Each module's public names are imported and listed once, in its own block.
 # --- clipping ---
+from optaxsched.clipping import (
+    ClipByEmaRatioState,
+    ClipByGlobalNormState,
+    ClipByPercentileState,
+    ClipByZscoreState,
+    ScaleByGradNormRmsState,
+    ScaleByGradNormState,
+    clip_by_ema_ratio,
+    clip_by_global_norm,
+    clip_by_percentile,
+    clip_by_zscore,
+    scale_by_grad_norm,
+    scale_by_grad_norm_rms,
+)
+
+__all__ += [
+    "clip_by_global_norm",
+    "scale_by_grad_norm",
+    "scale_by_grad_norm_rms",
+    "clip_by_zscore",
+    "clip_by_percentile",
+    "clip_by_ema_ratio",
+    "ClipByGlobalNormState",
+    "ScaleByGradNormState",
+    "ScaleByGradNormRmsState",
+    "ClipByZscoreState",
+    "ClipByPercentileState",
+    "ClipByEmaRatioState",
+]
 # --- guard ---
 from optaxsched.guard import ExplosionGuardState, explosion_guard
 __all__ += ["explosion_guard", "ExplosionGuardState"]

@@ -89,6 +89,30 @@ def _add(*cases: Case) -> None:
 # Each module appends its cases below, guarded so that a transform still being
 # written does not break the others.
 # --- clipping.py ---
+if hasattr(ox, "clip_by_ema_ratio"):
+    # The shared gradients have global norms of about 7-11 over 4 steps, so
+    # these settings make every transform clip or leave warm-up within them.
+    _add(
+        Case("clip_by_global_norm", ox.clip_by_global_norm, dict(max_norm=8.0),
+             inject=("max_norm",)),
+        Case("scale_by_grad_norm", ox.scale_by_grad_norm, dict(power=0.5),
+             inject=("power", "eps")),
+        Case("scale_by_grad_norm_rms", ox.scale_by_grad_norm_rms, dict(decay=0.9),
+             inject=("decay", "eps")),
+        Case("clip_by_zscore", ox.clip_by_zscore, dict(warmup_steps=2, z_threshold=0.5),
+             inject=("z_threshold", "decay")),
+        Case("clip_by_zscore_max_norm", ox.clip_by_zscore,
+             dict(warmup_steps=3, max_norm=8.0), inject=("max_norm",)),
+        Case("clip_by_percentile", ox.clip_by_percentile, dict(percentile=10.0, history=1000),
+             inject=("percentile",)),
+        Case("clip_by_percentile_wrap", ox.clip_by_percentile,
+             dict(percentile=50.0, history=3)),
+        Case("clip_by_ema_ratio", ox.clip_by_ema_ratio,
+             dict(warmup_steps=2, warmup_max_norm=8.0), inject=("ratio", "decay")),
+        Case("clip_by_ema_ratio_global", ox.clip_by_ema_ratio,
+             dict(warmup_steps=1, per_tensor=False, ratio=1.01),
+             inject=("warmup_max_norm",)),
+    )
 # --- guard.py ---
 if hasattr(ox, "explosion_guard"):
     # sgd with momentum is a stateful inner optimizer whose code runs under
