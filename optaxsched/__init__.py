@@ -79,3 +79,5 @@ from optaxsched.groups import (
 __all__ += ["scale_by_group", "ScaleByGroupState", "label_by_path",
             "layer_decay_rules", "describe_groups", "tree_paths"]
 # --- telemetry ---
+from optaxsched.telemetry import telemetry
+__all__ += ["telemetry"]

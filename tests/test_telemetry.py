@@ -1,0 +1,222 @@
+"""``telemetry``: which leaves it reports, under which keys, and inside jit."""
+
+from __future__ import annotations
+
+import doctest
+import sys
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import optaxsched as ox
+from conformance_cases import CASES, LOSSES, grad_sequence, make_tree
+from optaxsched.groups import path_str
+
+
+def _scalar_leaves(tree) -> dict[str, jax.Array]:
+    """Every 0-d leaf keyed by its path: what ``per_tensor=True`` must return
+    for states made only of NamedTuples and parameter trees."""
+    return {
+        path_str(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+        if np.ndim(x) == 0
+    }
+
+
+@pytest.fixture(scope="module")
+def params():
+    return make_tree(0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_every_case_reports_its_scalar_fields(case, params):
+    tx = case.make()
+    state = tx.init(params)
+    for i, g in enumerate(grad_sequence(2)):
+        kw = {"value": jnp.float32(LOSSES[i])} if case.needs_value else {}
+        _, state = tx.update(g, state, params, **kw)
+    stats = ox.telemetry(state)
+    every = ox.telemetry(state, per_tensor=True)
+    assert stats, case.name
+    # The library's states hold statistics and parameter-shaped trees only,
+    # so with per_tensor every 0-d leaf is reported, at its own path.
+    assert every.keys() == _scalar_leaves(state).keys()
+    for key, value in every.items():
+        assert value is _scalar_leaves(state)[key]
+    # Without it, exactly the direct 0-d fields of the state NamedTuples
+    # (nested NamedTuples included; not the inner optimizer's momentum).
+    assert set(stats) <= set(every)
+    for key in set(every) - set(stats):
+        assert "adagc_gamma/" in key or "adagc_threshold/" in key, key
+
+
+def test_keys_in_chain_guard_and_inject(params):
+    schedule = ox.schedules.linear(0.1, 0.0, 10)
+    tx = optax.chain(
+        ox.clip_by_zscore(warmup_steps=2),
+        ox.explosion_guard(
+            optax.inject_hyperparams(optax.sgd)(learning_rate=schedule, momentum=0.9)
+        ),
+        ox.reduce_on_plateau(),
+    )
+    state = tx.init(params)
+    stats = ox.telemetry(state)
+    assert "0/zclip_mean" in stats
+    assert "1/skipped_steps" in stats
+    assert "1/recovery/recovery_scale" in stats
+    assert "1/inner_state/hyperparams/learning_rate" in stats
+    assert "1/inner_state/hyperparams/momentum" in stats
+    assert "2/plateau_scale" in stats
+    # sgd's momentum trace mirrors the parameters: not a statistic.
+    assert not any("trace" in k for k in stats)
+    assert all(v.ndim == 0 for v in stats.values())
+    # Keys name real locations in the state.
+    assert stats["1/recovery/recovery_scale"] is state[1].recovery.recovery_scale
+    assert stats["2/plateau_scale"] is state[2].plateau_scale
+
+
+def test_partition_and_multi_steps(params):
+    labels = {"w": "fast", "b": "plateau", "layers_0": {"kernel": "fast"}}
+    tx = optax.MultiSteps(
+        optax.partition({"fast": ox.clip_by_global_norm(1.0), "plateau": ox.reduce_on_plateau()},
+                        labels),
+        every_k_schedule=2,
+    )
+    stats = ox.telemetry(tx.init(params))
+    assert "mini_step" in stats and "gradient_step" in stats
+    assert "inner_opt_state/inner_states/fast/inner_state/grad_norm" in stats
+    assert "inner_opt_state/inner_states/plateau/inner_state/plateau_best" in stats
+    # The accumulated gradients are parameter data.
+    assert not any("acc_grads" in k for k in stats)
+
+
+def test_scalar_parameters_and_big_arrays_are_skipped():
+    params = {"temperature": jnp.float32(1.0), "w": jnp.ones(3, jnp.float32)}
+    tx = optax.chain(optax.sgd(0.1, momentum=0.9), ox.clip_by_percentile(history=5))
+    state = tx.init(params)
+    stats = ox.telemetry(state)
+    assert "0/0/trace/temperature" not in stats  # the momentum of a 0-d parameter
+    assert "0/0/trace/temperature" in ox.telemetry(state, per_tensor=True)
+    assert "1/autoclip_count" in stats
+    assert not any(k.endswith("autoclip_history") for k in ox.telemetry(state, per_tensor=True))
+    assert ox.telemetry(optax.sgd(0.1).init(params)) == {}
+
+
+def test_inside_jit_returns_the_scheduled_learning_rate(params):
+    schedule = ox.schedules.linear(1.0, 0.0, 4)
+    tx = optax.chain(
+        ox.clip_by_global_norm(8.0),
+        optax.inject_hyperparams(optax.sgd)(learning_rate=schedule),
+    )
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, ox.telemetry(state)
+
+    state = tx.init(params)
+    lrs, norms = [], []
+    for g in grad_sequence(3):
+        params, state, stats = step(params, state, g)
+        lrs.append(float(stats["1/hyperparams/learning_rate"]))
+        norms.append(float(stats["0/grad_norm"]))
+    # inject_hyperparams evaluates the schedule at the update count.
+    np.testing.assert_allclose(lrs, [1.0, 0.75, 0.5], rtol=1e-6)
+    expected = [float(optax.tree.norm(g)) for g in grad_sequence(3)]
+    np.testing.assert_allclose(norms, expected, rtol=1e-5)
+
+
+def test_adds_no_operations_under_jit(params):
+    state = optax.chain(
+        ox.clip_by_zscore(), ox.explosion_guard(optax.sgd(0.1, momentum=0.9))
+    ).init(params)
+    jaxpr = jax.make_jaxpr(ox.telemetry)(state)
+    assert not jaxpr.eqns
+    # Output scalars are the state's own input variables, passed through.
+    assert set(map(id, jaxpr.jaxpr.outvars)) <= set(map(id, jaxpr.jaxpr.invars))
+
+
+def test_train_state_dataclass(params):
+    @flax.struct.dataclass
+    class Train:
+        step: jax.Array
+        params: dict
+        opt_state: tuple
+        tx: optax.GradientTransformation = flax.struct.field(pytree_node=False)
+
+    tx = optax.chain(ox.clip_by_global_norm(1.0), optax.sgd(0.1))
+    train = Train(jnp.zeros((), jnp.int32), {**params, "scalar": jnp.float32(1.0)},
+                  tx.init(params), tx)
+    stats = ox.telemetry(train)
+    assert "step" in stats and "opt_state/0/grad_norm" in stats
+    assert not any(k.startswith("params") for k in stats)
+
+
+class _Mlp(nnx.Module):
+    def __init__(self, rngs: nnx.Rngs):
+        self.embed = nnx.Linear(3, 8, rngs=rngs)
+        self.head = nnx.Linear(8, 1, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(jnp.tanh(self.embed(x)))
+
+
+def test_nnx_optimizer_state_and_nnx_state():
+    model = _Mlp(nnx.Rngs(0))
+    tx = optax.chain(
+        ox.clip_by_ema_ratio(warmup_steps=1),
+        ox.explosion_guard(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)),
+        ox.reduce_on_plateau(),
+    )
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    x = jnp.ones((4, 3), jnp.float32)
+
+    @nnx.jit
+    def step(model, optimizer, x):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+        optimizer.update(model, grads, value=loss)
+        return ox.telemetry(optimizer.opt_state)
+
+    stats = step(model, optimizer, x)
+    assert int(stats["1/guard_steps"]) == 1
+    assert "1/inner_state/hyperparams/learning_rate" in stats
+    assert "2/plateau_window_count" in stats
+    assert not any("adagc_gamma" in k for k in stats)
+    per_tensor = ox.telemetry(optimizer.opt_state, per_tensor=True)
+    assert "0/adagc_gamma/embed/kernel" in per_tensor
+
+    # The same statistics from the nnx.State of the whole optimizer, whose
+    # NamedTuples have become dicts: the Variable types tell them apart.
+    from_state = ox.telemetry(nnx.state(optimizer))
+    assert int(from_state["step"]) == 1
+    assert {k.removeprefix("opt_state/") for k in from_state} - {"step"} == set(stats)
+    for key, value in stats.items():
+        np.testing.assert_array_equal(value, from_state["opt_state/" + key])
+    assert ox.telemetry(nnx.state(optimizer), per_tensor=True).keys() == {
+        "opt_state/" + k for k in per_tensor} | {"step"}
+
+
+def test_duplicate_paths_and_bad_arguments():
+    state = {"a/count": jnp.zeros(()), "a": optax.ScaleByScheduleState(count=jnp.ones(()))}
+    with pytest.raises(ValueError, match="two statistics have the path 'a/count'"):
+        ox.telemetry(state)
+    with pytest.raises(TypeError, match=r"telemetry\(per_tensor=1\)"):
+        ox.telemetry((), per_tensor=1)
+
+
+def test_non_real_scalars_are_skipped():
+    state = {"key": jax.random.key(0), "z": jnp.complex64(1j), "n": np.int32(3), "f": 0.5}
+    stats = ox.telemetry(state)
+    assert set(stats) == {"n", "f"}
+    assert all(isinstance(v, jax.Array) for v in stats.values())
+
+
+def test_docstring_example_runs():
+    # ``optaxsched.telemetry`` is the function; the module is in sys.modules.
+    module = sys.modules["optaxsched.telemetry"]
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted and not result.failed
