@@ -429,6 +429,53 @@ def test_half_precision_tree_with_norm_1e5_is_clipped(dtype):
     _close(states["clip_by_zscore"].zclip_grad_norm, n1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_half_precision_norm_1e5_is_clipped_along_the_gradient(dtype):
+    """Clipping keeps the direction entry by entry, to half-precision rounding."""
+    _, g = _two_step_big(dtype)
+    n = _norm64(g)
+    u, s = jax.jit(ox.clip_by_global_norm(1.0).update)(g, ox.clip_by_global_norm(1.0).init(g))
+    assert bool(s.clipped) and not bool(s.clip_nonfinite)
+    for name in ("big", "small"):
+        assert u[name].dtype == dtype
+        want = np.asarray(g[name], np.float64) / n
+        # one rounding to the leaf dtype (2**-8 relative for bf16, 2**-11 for f16;
+        # fp16 subnormals below 6e-5 are spaced 6e-8 apart)
+        np.testing.assert_allclose(np.asarray(u[name], np.float64), want, rtol=2.0**-7,
+                                   atol=1e-7, err_msg=name)
+
+
+# Issue contract: 1e3 in every one of 1M half-precision entries; the squares sum
+# to 1e12 (fp16's largest finite number is 65504). Each case: the transform, its
+# state field for the pre-clip norm, and the output norm after one step from init.
+MILLION_CASES = {
+    "clip_by_global_norm": (ox.clip_by_global_norm(1.0), "grad_norm", 1.0),
+    "scale_by_grad_norm": (ox.scale_by_grad_norm(), "normalize_grad_norm", 1.0),
+    "scale_by_grad_norm_rms": (ox.scale_by_grad_norm_rms(), "rms_grad_norm", 1.0),
+    "clip_by_zscore": (ox.clip_by_zscore(warmup_steps=1, max_norm=1.0), "zclip_grad_norm", 1.0),
+    "clip_by_percentile": (ox.clip_by_percentile(), "autoclip_grad_norm", 1e6),
+    "clip_by_ema_ratio": (ox.clip_by_ema_ratio(), "adagc_grad_norm", 1.0),
+}
+
+
+@jax.jit
+def _million_one_step(g):
+    return {name: tx.update(g, tx.init(g)) for name, (tx, _, _) in MILLION_CASES.items()}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+def test_half_precision_1e3_over_a_million_entries_does_not_overflow(dtype):
+    g = {"g": jnp.full((1_000_000,), 1e3, dtype)}
+    results = _million_one_step(g)
+    for name, (_, field, out_norm) in MILLION_CASES.items():
+        u, state = results[name]
+        assert u["g"].dtype == dtype, name
+        _close(getattr(state, field), 1e6, rtol=1e-5, what=name)
+        # every entry is 1e3 * out_norm / 1e6, rounded once to the leaf dtype
+        got = np.asarray(u["g"], np.float64)
+        np.testing.assert_allclose(got, 1e-3 * out_norm, rtol=2.0**-7, err_msg=name)
+
+
 def test_finite_entries_whose_square_overflows_are_skipped():
     tx = ox.clip_by_global_norm(1.0)
     g = {"a": jnp.full((4,), 1e20, jnp.float32)}

@@ -9,6 +9,7 @@ leaf by leaf.
 from __future__ import annotations
 
 import dataclasses
+import doctest
 import re
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ import pytest
 from flax import nnx
 
 import optaxsched as ox
+from optaxsched import groups
 from optaxsched.groups import path_str
 
 VOCAB, D, L = 11, 8, 2
@@ -398,3 +400,8 @@ def test_describe_groups(linen_params):
     assert "note: rule 'decoder' matches no parameter path" in table
     abstract = ox.describe_groups(jax.eval_shape(lambda: linen_params), rules)
     assert abstract.splitlines()[:-1] == table.splitlines()[:-2]
+
+
+def test_docstring_examples_run():
+    result = doctest.testmod(groups, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 10 and result.failed == 0
