@@ -14,7 +14,7 @@ tree position into a name; ``optaxsched.telemetry`` names its entries with them.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -23,7 +23,16 @@ import numpy as np
 import optax
 
 from optaxsched import _numerics as nx
-from optaxsched._validation import check_int, check_number, is_traced
+from optaxsched._rules import (
+    LayerIndexPattern,
+    Rule,
+    check_bool,
+    check_label,
+    check_multiplier,
+    compile_pattern,
+    compile_rules,
+)
+from optaxsched._validation import check_int, check_number
 
 __all__ = ["ScaleByGroupState", "tree_paths", "path_str", "scale_by_group",
            "label_by_path", "layer_decay_rules", "describe_groups"]
@@ -107,118 +116,6 @@ def tree_paths(tree: Any, *, is_leaf: Callable[[Any], bool] | None = None) -> An
     return jax.tree_util.tree_unflatten(treedef, [path_str(k) for k, _ in keyed])
 
 
-class _LayerIndexPattern:
-    """Matches paths whose layer index (first group of ``regex``) is ``index``;
-    an index outside ``[0, num_layers)`` raises, so a wrong ``num_layers``
-    cannot go unnoticed."""
-
-    def __init__(self, regex: re.Pattern, index: int, num_layers: int):
-        self.regex, self.index, self.num_layers = regex, index, num_layers
-        self.pattern = f"{regex.pattern} == {index}"
-
-    def search(self, path: str):
-        m = self.regex.search(path)
-        if m is None:
-            return None
-        if not (m.group(1) or "").isdigit():
-            raise ValueError(
-                f"layer_decay_rules(layer_pattern={self.regex.pattern!r}): the layer "
-                f"index {m.group(1)!r} captured in path {path!r} is not an integer"
-            )
-        found = int(m.group(1))
-        if not 0 <= found < self.num_layers:
-            raise ValueError(
-                f"layer_decay_rules(num_layers={self.num_layers}): path {path!r} has "
-                f"layer index {found}, outside 0..{self.num_layers - 1}; pass the "
-                f"model's number of layers"
-            )
-        return m if found == self.index else None
-
-    def __repr__(self) -> str:
-        return f"LayerIndex({self.regex.pattern!r}, {self.index})"
-
-
-class _Rule(NamedTuple):
-    text: str  # the pattern as the user wrote it, for messages
-    pattern: Any  # anything with ``.search(str)``
-    value: Any
-
-
-def _compile_pattern(fn: str, name: str, pattern: Any) -> Any:
-    if isinstance(pattern, (re.Pattern, _LayerIndexPattern)):
-        return pattern
-    if not isinstance(pattern, str):
-        raise TypeError(
-            f"{fn}({name}={pattern!r}): a pattern must be a str or re.Pattern, "
-            f"got {type(pattern).__name__}"
-        )
-    try:
-        return re.compile(pattern)
-    except re.error as e:
-        raise ValueError(f"{fn}({name}={pattern!r}): invalid regular expression: {e}") from None
-
-
-def _compile_rules(fn: str, rules: Any, check_value: Callable[[str, str, Any], None]):
-    if isinstance(rules, Mapping):
-        items = list(rules.items())
-    elif isinstance(rules, (str, bytes)) or not isinstance(rules, Iterable):
-        raise TypeError(
-            f"{fn}(rules={rules!r}): rules must be a mapping or a sequence of "
-            f"(pattern, value) pairs"
-        )
-    else:
-        items = [tuple(x) if isinstance(x, (tuple, list)) else x for x in rules]
-        for item in items:
-            if not (isinstance(item, tuple) and len(item) == 2):
-                raise TypeError(
-                    f"{fn}(rules=...): every rule must be a (pattern, value) pair, "
-                    f"got {item!r}"
-                )
-    out = []
-    for pattern, value in items:
-        name = f"rules[{getattr(pattern, 'pattern', pattern)!r}]"
-        compiled = _compile_pattern(fn, name, pattern)
-        check_value(fn, name, value)
-        out.append(_Rule(compiled.pattern, compiled, value))
-    return tuple(out)
-
-
-def _check_multiplier(fn: str, name: str, value: Any) -> None:
-    """A multiplier must be a finite number >= 0 or a schedule."""
-    if not callable(value):
-        check_number(fn, name, value, ge=0)
-        return
-    # Cheap sanity check of the schedule at step 0; later values are traced
-    # and cannot be checked here.
-    with jax.ensure_compile_time_eval():
-        try:
-            v0 = value(jnp.zeros((), jnp.int32))
-        except Exception as e:  # report which rule's schedule failed
-            raise TypeError(
-                f"{fn}({name}={value!r}): calling the schedule at step 0 failed: {e!r}"
-            ) from e
-    if is_traced(v0):
-        return
-    if np.ndim(v0) != 0:
-        raise ValueError(
-            f"{fn}({name}={value!r}): a schedule must return a scalar, "
-            f"got shape {np.shape(v0)}"
-        )
-    check_number(fn, f"{name}(0)", v0, ge=0)
-
-
-def _check_label(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, str):
-        raise TypeError(
-            f"{fn}({name}={value!r}): a label must be a str, got {type(value).__name__}"
-        )
-
-
-def _check_bool(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{fn}({name}={value!r}): {name} must be a bool")
-
-
 def _listing(paths: list[str], what: str = "available paths") -> str:
     shown = "\n  ".join(paths[:_MAX_LISTED])
     more = len(paths) - _MAX_LISTED
@@ -233,7 +130,7 @@ class _Matcher:
     rerun the regexes every step.
     """
 
-    def __init__(self, fn: str, rules: tuple[_Rule, ...], strict: bool):
+    def __init__(self, fn: str, rules: tuple[Rule, ...], strict: bool):
         self.fn, self.rules, self.strict = fn, rules, strict
         self._cache: dict[Any, tuple[tuple[str, ...], tuple[int, ...]]] = {}
 
@@ -335,9 +232,9 @@ def scale_by_group(
       Classification" (discriminative fine-tuning), 2018.
     """
     fn = "scale_by_group"
-    compiled = _compile_rules(fn, rules, _check_multiplier)
-    _check_multiplier(fn, "default", default)
-    _check_bool(fn, "strict", strict)
+    compiled = compile_rules(fn, rules, check_multiplier)
+    check_multiplier(fn, "default", default)
+    check_bool(fn, "strict", strict)
     values = [r.value for r in compiled] + [default]  # index -1 is the default
     matcher = _Matcher(fn, compiled, strict)
 
@@ -405,10 +302,10 @@ def label_by_path(
       Loshchilov & Hutter, "Decoupled Weight Decay Regularization", 2019.
     """
     fn = "label_by_path"
-    compiled = _compile_rules(fn, rules, _check_label)
+    compiled = compile_rules(fn, rules, check_label)
     if default is not None:
-        _check_label(fn, "default", default)
-    _check_bool(fn, "strict", strict)
+        check_label(fn, "default", default)
+    check_bool(fn, "strict", strict)
     matcher = _Matcher(fn, compiled, strict)
 
     def labels(params: Any) -> Any:
@@ -478,7 +375,7 @@ def layer_decay_rules(
     check_number(fn, "decay", decay, gt=0, le=1)
     check_int(fn, "num_layers", num_layers, ge=1)
     decay, num_layers = float(decay), int(num_layers)
-    layer_re = _compile_pattern(fn, "layer_pattern", layer_pattern)
+    layer_re = compile_pattern(fn, "layer_pattern", layer_pattern)
     if not isinstance(layer_re, re.Pattern) or layer_re.groups < 1:
         raise ValueError(
             f"{fn}(layer_pattern={layer_pattern!r}): layer_pattern must have a "
@@ -486,10 +383,10 @@ def layer_decay_rules(
         )
     rules: list[tuple[Any, float]] = []
     if embed_pattern is not None:
-        _compile_pattern(fn, "embed_pattern", embed_pattern)
+        compile_pattern(fn, "embed_pattern", embed_pattern)
         rules.append((embed_pattern, decay ** (num_layers + 1)))
     for i in range(num_layers):
-        rules.append((_LayerIndexPattern(layer_re, i, num_layers), decay ** (num_layers - i)))
+        rules.append((LayerIndexPattern(layer_re, i, num_layers), decay ** (num_layers - i)))
     return rules
 
 
@@ -524,8 +421,8 @@ def describe_groups(params: Any, rules: Any, default: Any = 1.0) -> str:
       Diagnostic only; see :func:`scale_by_group`.
     """
     fn = "describe_groups"
-    compiled = _compile_rules(fn, rules, _check_multiplier)
-    _check_multiplier(fn, "default", default)
+    compiled = compile_rules(fn, rules, check_multiplier)
+    check_multiplier(fn, "default", default)
     matcher = _Matcher(fn, compiled, strict=False)
     leaves, _, paths, winners = matcher(params)
     any_schedule = False
