@@ -68,6 +68,9 @@ def _f32(x: Any) -> jax.Array:
     return jnp.asarray(x, _F32)
 
 
+# Every state field gets an array of its own (one call each, never one array
+# in two fields): a donated state with a shared array is donated twice, which
+# jit rejects.
 def _zero() -> jax.Array:
     return jnp.zeros((), _F32)
 
@@ -369,8 +372,8 @@ def clip_by_zscore(z_threshold: Any = 2.5, decay: Any = 0.97, warmup_steps: Any 
 
     def init_fn(params):
         del params
-        z = _zero()
-        return ClipByZscoreState(z, z, z, _false(), z, z, _count0(), _count0(), _count0())
+        return ClipByZscoreState(_zero(), _zero(), _zero(), _false(), _zero(), _zero(),
+                                 _count0(), _count0(), _count0())
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -475,8 +478,7 @@ def clip_by_percentile(percentile: Any = 10.0, history: Any = 1000,
 
     def init_fn(params):
         del params
-        z = _zero()
-        return ClipByPercentileState(z, z, _false(), jnp.zeros((size,), _F32),
+        return ClipByPercentileState(_zero(), _zero(), _false(), jnp.zeros((size,), _F32),
                                      _count0(), _count0(), _count0(), _count0())
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -579,8 +581,10 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
         raise TypeError(f"{fn}(per_tensor={per_tensor!r}): per_tensor must be a bool")
 
     def init_fn(params):
-        gamma = jax.tree_util.tree_map(lambda _: _zero(), params) if per_tensor else _zero()
-        return ClipByEmaRatioState(_zero(), gamma, _false(), _count0(), gamma,
+        def stat():
+            return jax.tree_util.tree_map(lambda _: _zero(), params) if per_tensor else _zero()
+
+        return ClipByEmaRatioState(_zero(), stat(), _false(), _count0(), stat(),
                                    _count0(), _count0(), _count0())
 
     def update_fn(updates, state, params=None, **extra_args):

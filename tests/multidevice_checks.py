@@ -50,6 +50,15 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 AXIS = "fsdp"
 STEPS = 4
 
+# Counts XLA compilations. (A jitted function's own cache also grows when an
+# argument goes from uncommitted to committed, which compiles nothing.)
+_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
+_compilations: list[float] = []
+jax.monitoring.register_event_duration_secs_listener(
+    lambda event, duration, **_: _compilations.append(duration)
+    if event == _COMPILE_EVENT else None
+)
+
 
 class Entry(NamedTuple):
     name: str
@@ -103,20 +112,36 @@ def place(tree, specs, placement):
     Donating one buffer twice (the same zeros in two states) is an error, so
     every leaf is copied first: a replicated ``device_put`` may reuse the
     source buffer for the shard on its device even with ``may_alias=False``.
+    A placement of None leaves the copy on the default device, uncommitted,
+    as arrays are in a single-device training loop.
     """
-    return jax.tree_util.tree_map(
-        lambda x, spec: jax.device_put(x.copy(), placement(spec), may_alias=False), tree, specs
-    )
+
+    def put(x, spec):
+        target = placement(spec)
+        return x.copy() if target is None else jax.device_put(x.copy(), target, may_alias=False)
+
+    return jax.tree_util.tree_map(put, tree, specs)
 
 
-def train(step, all_params, states, grads, grads_placement, devices: int) -> list:
+def shared_arrays(state) -> list[str]:
+    """The fields of ``state`` that hold the same array object as an earlier one."""
+    first: dict[int, str] = {}
+    out = []
+    for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+        key = jax.tree_util.keystr(path)
+        if id(x) in first:
+            out.append(f"{key} is the same array as {first[id(x)]}")
+        first.setdefault(id(x), key)
+    return out
+
+
+def train(step, all_params, states, grads, devices: int) -> list:
     """``STEPS`` calls of ``jit(step)`` with params and states donated.
 
-    Raises AssertionError when a donated array is not consumed, the second
-    call compiles again or the new params do not lie on ``devices`` devices;
-    any warning (XLA warns about a donated buffer it
-    cannot reuse) is an error. Returns each step's ``(updates, states)`` as
-    NumPy arrays.
+    Raises AssertionError when a donated array is not consumed, a call after
+    the first compiles or the new params do not lie on ``devices`` devices;
+    any warning (XLA warns about a donated buffer it cannot reuse) is an
+    error. Returns each step's ``(updates, states)`` as NumPy arrays.
     """
     jitted = jax.jit(step, donate_argnums=(0, 1))
     history = []
@@ -127,18 +152,18 @@ def train(step, all_params, states, grads, grads_placement, devices: int) -> lis
             # call, so only arrays must have been consumed.
             donated = [x for x in jax.tree_util.tree_leaves((all_params, states)) if x.ndim]
             all_params, states, updates = jitted(
-                all_params, states, grads_placement(g), jnp.float32(LOSSES[i])
+                all_params, states, g, jnp.float32(LOSSES[i])
             )
             kept = [x for x in donated if not x.is_deleted()]
             spread = {len(x.sharding.device_set) for x in jax.tree_util.tree_leaves(all_params)}
             assert spread == {devices}, f"params on {spread} devices, not {devices}"
             assert not kept, f"step {i}: {len(kept)} donated arrays were not consumed"
             if i == 0:
-                compiled = jitted._cache_size()
+                compiled = len(_compilations)
             # Copies: a NumPy view of a CPU buffer would keep the buffer alive,
             # and a buffer referenced from outside cannot be donated.
             history.append(jax.tree_util.tree_map(np.array, (updates, states)))
-    assert jitted._cache_size() == compiled, "the second call compiled again"
+    assert len(_compilations) == compiled, "a later call compiled again"
     return history
 
 
@@ -171,27 +196,35 @@ def compare_entries(entries, refs, history, what) -> list[str]:
 
 def run_all(mesh, params, grads) -> dict[str, list[str]]:
     row, rep = NamedSharding(mesh, P(AXIS)), NamedSharding(mesh, P())
-    one = jax.devices()[0]
     param_specs = jax.tree_util.tree_map(lambda _: P(AXIS), params)
     entries = [Entry(c.name, c.make(), c.needs_value) for c in CASES]
     init = lambda entries: tuple(e.tx.init(params) for e in entries)  # noqa: E731
     specs = lambda states: tuple(state_specs(s, params) for s in states)  # noqa: E731
     result: dict[str, list[str]] = {}
 
-    # Every case on one device, donated: the reference for the others.
+    # Every case on one device, donated: the reference for the others. The
+    # states go in as init returns them, as in a user's loop: two fields
+    # sharing one array would be donated twice, which is an error.
     def on_one(_spec):
-        return one
+        return None
 
     states = init(entries)
+    shared = [f"{e.name}: {msg}" for e, st in zip(entries, states) for msg in shared_arrays(st)]
+    result["donation_one_device"] = shared
     try:
         history = train(
             side_by_side(entries), tuple(place(params, param_specs, on_one) for _ in entries),
-            place(states, specs(states), on_one), grads,
-            lambda g: place(g, param_specs, on_one), devices=1,
+            states, [place(g, param_specs, on_one) for g in grads], devices=1,
         )
-        result["donation_one_device"] = []
     except Exception as e:  # a warning raised as an error included
-        return {"donation_one_device": [f"{type(e).__name__}: {e}"]}
+        result["donation_one_device"].append(f"{type(e).__name__}: {e}")
+        # Copies of the states still give the reference for the other checks.
+        states = init(entries)
+        history = train(
+            side_by_side(entries), tuple(place(params, param_specs, on_one) for _ in entries),
+            place(states, specs(states), on_one),
+            [place(g, param_specs, on_one) for g in grads], devices=1,
+        )
     refs = [
         ({e.name: u[k] for k, e in enumerate(entries)},
          {e.name: s[k] for k, e in enumerate(entries)})
@@ -202,11 +235,12 @@ def run_all(mesh, params, grads) -> dict[str, list[str]]:
     def sharded(spec):
         return row if spec == P(AXIS) else rep
 
+    states = init(entries)  # the first ones were donated
     try:
         history = train(
             side_by_side(entries), tuple(place(params, param_specs, sharded) for _ in entries),
-            place(states, specs(states), sharded), grads,
-            lambda g: place(g, param_specs, sharded), devices=8,
+            place(states, specs(states), sharded),
+            [place(g, param_specs, sharded) for g in grads], devices=8,
         )
         result["donation_sharded"] = []
         result["named_sharding"] = compare_entries(entries, refs, history, None)
@@ -238,8 +272,8 @@ def run_all(mesh, params, grads) -> dict[str, list[str]]:
     try:
         history = train(
             step, tuple(place(params, param_specs, sharded) for _ in axis_entries),
-            place(states, state_spec, sharded), grads,
-            lambda g: place(g, param_specs, sharded), devices=8,
+            place(states, state_spec, sharded),
+            [place(g, param_specs, sharded) for g in grads], devices=8,
         )
         result["shard_map"] = compare_entries(axis_entries, refs, history, same_telemetry)
     except Exception as e:  # a vma error names a leaf that differs per device

@@ -195,6 +195,17 @@ def test_states_have_no_weak_types(case, run):
         assert not weak, weak
 
 
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_state_fields_are_distinct_arrays(case):
+    """No array sits in two fields of an initial state: a training step that
+    donates the state would donate it twice, which jit rejects."""
+    seen: dict[int, str] = {}
+    for path, x in jax.tree_util.tree_flatten_with_path(case.make().init(make_tree(0)))[0]:
+        key = jax.tree_util.keystr(path)
+        assert id(x) not in seen, f"{key} is the same array as {seen[id(x)]}"
+        seen[id(x)] = key
+
+
 class _Net(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.embed = nnx.Linear(3, 8, rngs=rngs)
