@@ -49,6 +49,7 @@ __all__ += [
 ]
 # --- guard ---
 from optaxsched.guard import ExplosionGuardState, explosion_guard
+
 __all__ += ["explosion_guard", "ExplosionGuardState"]
 # --- loss_adaptive ---
 from optaxsched.loss_adaptive import (
@@ -59,6 +60,7 @@ from optaxsched.loss_adaptive import (
     reduce_on_plateau,
     scale_by_loss,
 )
+
 __all__ += [
     "BoldDriverState",
     "ReduceOnPlateauState",
@@ -76,8 +78,10 @@ from optaxsched.groups import (
     scale_by_group,
     tree_paths,
 )
+
 __all__ += ["scale_by_group", "ScaleByGroupState", "label_by_path",
             "layer_decay_rules", "describe_groups", "tree_paths"]
 # --- telemetry ---
 from optaxsched.telemetry import telemetry
+
 __all__ += ["telemetry"]

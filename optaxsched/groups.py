@@ -164,7 +164,7 @@ class _Matcher:
                 if msgs:
                     raise ValueError(
                         f"{self.fn}(strict=True): " + "; ".join(msgs) + ". Fix the "
-                        f"pattern or pass strict=False; " + _listing(paths)
+                        "pattern or pass strict=False; " + _listing(paths)
                     )
             if len(self._cache) > 32:
                 self._cache.clear()

@@ -32,8 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from optaxsched._validation import (check_callable, check_choice, check_float_sequence,
-                                   check_int, check_int_sequence, check_number, is_traced)
+from optaxsched._validation import (
+    check_callable,
+    check_choice,
+    check_float_sequence,
+    check_int,
+    check_int_sequence,
+    check_number,
+    is_traced,
+)
 
 __all__ = [
     "constant", "step_decay", "multistep_decay", "piecewise_constant", "exponential_decay",
@@ -335,7 +342,9 @@ def exponential_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
     def schedule(t):
         v = _mul(init, jnp.power(rate, _decay_exponent(t, ds, bool(staircase))))
         if end is not None:
-            v = jnp.where(rate < 1, jnp.maximum(v, end), jnp.where(rate > 1, jnp.minimum(v, end), v))
+            v = jnp.where(
+                rate < 1, jnp.maximum(v, end), jnp.where(rate > 1, jnp.minimum(v, end), v)
+            )
         return _out(v, t)
 
     return _compiled(schedule)
@@ -774,7 +783,8 @@ def one_cycle(max_value: Any, total_steps: int, pct_start: float = 0.3, anneal: 
     low = init / _f(final_div_factor)
     # Phase ends exactly as torch computes them, in float64.
     if three_phase:
-        ends, vals = [float(pct * T) - 1, float(2 * pct * T) - 2, float(T) - 1], [init, top, init, low]
+        ends = [float(pct * T) - 1, float(2 * pct * T) - 2, float(T) - 1]
+        vals = [init, top, init, low]
     else:
         ends, vals = [float(pct * T) - 1, float(T) - 1], [init, top, low]
     starts = [0.0] + ends[:-1]

@@ -9,7 +9,6 @@ saved and restored continues identically; works inside ``optax.chain`` and
 
 from __future__ import annotations
 
-
 import chex
 import flax.serialization
 import jax

@@ -107,7 +107,8 @@ def r_cosine_restarts(t, init_value, first_period, period_mult=1.0, end_value=0.
         while start + period <= t:
             start, period, i = start + period, period * m, i + 1
     f = float((t - start) / period)
-    return end_value + amplitude_mult**i * (init_value - end_value) * (1 + math.cos(math.pi * f)) / 2
+    amplitude = amplitude_mult**i * (init_value - end_value)
+    return end_value + amplitude * (1 + math.cos(math.pi * f)) / 2
 
 
 def r_cyclic(t, base_value, max_value, step_size_up, step_size_down=None, mode="triangular",
@@ -415,7 +416,9 @@ def test_exact_floors_under_jit():
     out = jax.jit(jax.vmap(lambda t: [f(t) for f in fns]))(steps)
     t = np.arange(5000)
     normal = t // 3 < 120  # XLA on CPU flushes subnormals to zero
-    np.testing.assert_array_equal(np.asarray(out[0])[normal], (0.5 ** (t[normal] // 3)).astype(np.float32))
+    np.testing.assert_array_equal(
+        np.asarray(out[0])[normal], (0.5 ** (t[normal] // 3)).astype(np.float32)
+    )
     assert np.all(np.asarray(out[1])[t % 10 == 0] == 0.0)
     assert np.all(np.asarray(out[2])[(t % 3 == 0) & (t > 0)] == 0.0)
     restarts = [3 * (3**k - 1) // 2 for k in range(8)]
@@ -493,7 +496,8 @@ def test_user_schedules_compose():
 
 # ------------------------------------------------------------ golden data --
 
-GOLDEN = json.loads((pathlib.Path(__file__).parent / "golden" / "schedules_golden.json").read_text())
+GOLDEN_PATH = pathlib.Path(__file__).parent / "golden" / "schedules_golden.json"
+GOLDEN = json.loads(GOLDEN_PATH.read_text())
 PAD = 512  # one padded length so eager evaluation reuses compiled kernels
 
 
@@ -523,7 +527,7 @@ def test_golden_file_is_small_and_covers_peers():
                  "PolynomialDecay", "CosineDecay(", "CosineDecayRestarts", "WSDLRScheduler",
                  "warmup_prefix"):
         assert name in peers, name
-    assert (pathlib.Path(__file__).parent / "golden" / "schedules_golden.json").stat().st_size < 200_000
+    assert GOLDEN_PATH.stat().st_size < 200_000
 
 
 # ----------------------------------------------------------- bad arguments --
