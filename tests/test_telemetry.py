@@ -156,6 +156,24 @@ def test_train_state_dataclass(params):
     assert not any(k.startswith("params") for k in stats)
 
 
+def test_linen_train_state(params):
+    from optaxsched.flax import TrainState
+
+    tx = optax.chain(
+        ox.explosion_guard(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1)),
+        ox.reduce_on_plateau(),
+    )
+    state = TrainState.create(apply_fn=None, params=params, tx=tx)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    state = state.apply_gradients(grads=grads, value=jnp.float32(1.0))
+    stats = ox.telemetry(state)
+    assert int(stats["step"]) == 1
+    assert int(stats["opt_state/0/guard_steps"]) == 1
+    assert "opt_state/0/inner_state/hyperparams/learning_rate" in stats
+    assert "opt_state/1/plateau_scale" in stats
+    assert not any(k.startswith("params") for k in stats)
+
+
 class _Mlp(nnx.Module):
     def __init__(self, rngs: nnx.Rngs):
         self.embed = nnx.Linear(3, 8, rngs=rngs)
