@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import jax
 import pytest
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -60,3 +61,20 @@ def test_training_loop_example(name, capsys):
 def test_docstring_examples_run(name):
     result = doctest.testmod(_load(name))
     assert result.attempted and not result.failed
+
+
+def test_quickstart_guard_survives_where_plain_adam_dies(tmp_path, capsys):
+    quickstart = _load("quickstart")
+    out_png = tmp_path / "quickstart.png"
+    # The example is user code written with NumPy broadcasting; the library
+    # calls inside it still run under the strict dtype promotion of conftest.
+    with jax.numpy_rank_promotion("allow"):
+        runs = quickstart.main(["--steps", "150", "--out", str(out_png)])
+    plain, guarded = runs["plain adam"], runs["optaxsched"]
+    assert not plain["params_finite"]  # the NaN gradient destroyed plain Adam
+    assert guarded["params_finite"]
+    assert guarded["skipped"][-1] == 2  # the x1e4 spike and the NaN step
+    assert guarded["held_out"] < 0.8 * guarded["loss"][0]
+    assert out_png.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "held-out loss" in printed and "[optaxsched] step" in printed

@@ -1,0 +1,210 @@
+"""Quickstart: the same run with plain Optax and with optaxsched, at a learning
+rate where plain Adam blows up.
+
+A small next-token model learns a synthetic Markov chain whose best possible
+loss is known. Both runs use Adam with a warm-up + cosine schedule peaking at
+``--lr`` and see the same batches, including two faults injected on purpose:
+a NaN gradient (a bad batch) and a gradient multiplied by 10,000 (a spike).
+
+* plain:     ``optax.adam(schedule)``
+* guarded:   ``optaxsched.explosion_guard(optax.adam(schedule))`` with
+  ``update(..., value=loss)``: it skips the NaN step, skips the spike, and cuts
+  its recovery scale when the loss starts to climb (see ``explosion_guard``).
+
+It prints progress, a comparison table, and writes ``quickstart.png`` (loss,
+recovery scale, gradient norm; skipped steps marked).
+
+    python examples/quickstart.py [--steps 400] [--lr 1.0] [--out quickstart.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import optaxsched
+from optaxsched import schedules
+
+VOCAB, DIM, SEQ, BATCH = 48, 64, 24, 32
+
+
+# ----------------------------------------------------------------------- data
+
+
+def markov_chain(seed: int) -> tuple[np.ndarray, float]:
+    """A sparse random transition matrix and its entropy (the loss floor)."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.full(VOCAB, 0.05), size=VOCAB)
+    p = np.maximum(p, 1e-12)
+    p /= p.sum(1, keepdims=True)
+    stationary = np.full(VOCAB, 1.0 / VOCAB)
+    for _ in range(200):
+        stationary = stationary @ p
+    floor = float(stationary @ -(p * np.log(p)).sum(1))
+    return p, floor
+
+
+def sample(p: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` token sequences of length SEQ + 1 (int32)."""
+    rng = np.random.default_rng(seed)
+    cdf = np.cumsum(p, 1)
+    cdf[:, -1] = 1.0
+    out = np.empty((n, SEQ + 1), np.int32)
+    out[:, 0] = rng.integers(0, VOCAB, n)
+    for t in range(SEQ):
+        out[:, t + 1] = (rng.random(n)[:, None] > cdf[out[:, t]]).sum(1)
+    return out
+
+
+# ---------------------------------------------------------------------- model
+
+
+def init(key: jax.Array) -> dict:
+    k = jax.random.split(key, 4)
+    return {
+        "embed": 0.02 * jax.random.normal(k[0], (VOCAB, DIM)),
+        "mlp": {"w1": jax.random.normal(k[1], (DIM, 4 * DIM)) / math.sqrt(DIM),
+                "b1": jnp.zeros(4 * DIM),
+                "w2": jax.random.normal(k[2], (4 * DIM, DIM)) / math.sqrt(4 * DIM)},
+        "ln": {"scale": jnp.ones(DIM), "bias": jnp.zeros(DIM)},
+        "head": 0.02 * jax.random.normal(k[3], (DIM, VOCAB)),
+    }
+
+
+def loss_fn(params: dict, seqs: jax.Array) -> jax.Array:
+    x = params["embed"][seqs[:, :-1]]
+    h = jax.nn.gelu(x @ params["mlp"]["w1"] + params["mlp"]["b1"]) @ params["mlp"]["w2"]
+    x = x + h
+    mu = x.mean(-1, keepdims=True)
+    x = (x - mu) * jax.lax.rsqrt(((x - mu) ** 2).mean(-1, keepdims=True) + 1e-5)
+    logits = (x * params["ln"]["scale"] + params["ln"]["bias"]) @ params["head"]
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(logp, seqs[:, 1:, None], -1).mean()
+
+
+# ------------------------------------------------------------------- training
+
+
+def train(tx: optax.GradientTransformation, data: np.ndarray, faults: dict[int, float],
+          name: str, log_every: int) -> dict[str, np.ndarray]:
+    """Trains from the same initialisation; returns per-step records."""
+    params = init(jax.random.PRNGKey(0))
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state, batch, gmul):
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        grads = jax.tree_util.tree_map(lambda g: g * gmul, grads)
+        updates, opt_state = tx.update(grads, opt_state, params, value=loss)
+        stats = optaxsched.telemetry(opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss, optax.tree.norm(grads), stats
+
+    rec: dict[str, list] = {"loss": [], "grad_norm": [], "scale": [], "skipped": []}
+    t0 = time.perf_counter()
+    for t, batch in enumerate(data):
+        params, opt_state, loss, gnorm, stats = step(
+            params, opt_state, batch, jnp.float32(faults.get(t, 1.0)))
+        scale = next((v for k, v in stats.items() if k.endswith("recovery_scale")), 1.0)
+        skipped = next((v for k, v in stats.items() if k.endswith("skipped_steps")), 0)
+        rec["loss"].append(float(loss))
+        rec["grad_norm"].append(float(gnorm))
+        rec["scale"].append(float(scale))
+        rec["skipped"].append(int(skipped))
+        if t % log_every == 0 or t == len(data) - 1:
+            print(f"  [{name}] step {t:4d}  loss {float(loss):8.3f}  scale {float(scale):.3f}  "
+                  f"skipped {int(skipped)}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    leaves = jax.tree_util.tree_leaves(params)
+    rec["params_finite"] = bool(all(np.isfinite(x).all() for x in leaves))
+    rec["final_params"] = params
+    return {k: np.asarray(v) if isinstance(v, list) else v for k, v in rec.items()}
+
+
+def plot(runs: dict, faults: dict[int, float], floor: float, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(8, 7.5), sharex=True)
+    colors = {"plain adam": "tab:red", "optaxsched": "tab:blue"}
+    for name, r in runs.items():
+        steps = np.arange(len(r["loss"]))
+        loss = np.where(np.isfinite(r["loss"]), r["loss"], np.nan)
+        axes[0].plot(steps, loss, color=colors[name], lw=0.9, label=name)
+        if name == "optaxsched":  # plain Adam has no such scale
+            axes[1].plot(steps, r["scale"], color=colors[name], lw=1.2, label=name)
+        axes[2].plot(steps, np.where(np.isfinite(r["grad_norm"]), r["grad_norm"], np.nan),
+                     color=colors[name], lw=0.8, label=name)
+        skipped_at = steps[np.diff(r["skipped"], prepend=0) > 0]
+        axes[0].scatter(skipped_at, np.full(len(skipped_at), floor), marker="x",
+                        color=colors[name], zorder=3, label=f"{name}: skipped step")
+    for t, mul in faults.items():
+        for ax in axes:
+            ax.axvline(t, color="gray", lw=0.6, ls=":")
+        label = "NaN grad" if not np.isfinite(mul) else f"grad x{mul:g}"
+        axes[0].annotate(label, (t, 0.98), xycoords=("data", "axes fraction"), fontsize=7,
+                         ha="center", va="top")
+    axes[0].axhline(floor, color="gray", lw=0.8, ls="--")
+    axes[0].text(0, floor, " entropy floor", fontsize=7, va="bottom")
+    axes[0].set_ylabel("training loss")
+    axes[0].set_yscale("log")
+    axes[1].set_ylabel("recovery scale\n(optaxsched)")
+    axes[1].set_yscale("log")
+    axes[2].set_ylabel("gradient norm")
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel("step")
+    axes[0].legend(fontsize=7, loc="upper right")
+    fig.suptitle("Plain Adam vs explosion_guard(Adam) at the same, too-high learning rate",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--lr", type=float, default=1.0)
+    ap.add_argument("--out", default="quickstart.png")
+    ap.add_argument("--no-plot", action="store_true")
+    args = ap.parse_args(argv)
+
+    p, floor = markov_chain(0)
+    data = sample(p, args.steps * BATCH, 1).reshape(args.steps, BATCH, SEQ + 1)
+    held_out = jnp.asarray(sample(p, 512, 2))
+    faults = {int(args.steps * 0.4): 1e4, int(args.steps * 0.7): float("nan")}
+    warmup = max(args.steps // 10, 1)
+    lr = schedules.warmup(
+        schedules.cosine_decay(args.lr, args.steps - warmup, end_value=0.1 * args.lr), warmup)
+    print(f"Markov chain over {VOCAB} tokens: best possible loss {floor:.3f} nats, "
+          f"uniform guess {math.log(VOCAB):.3f}. Peak lr {args.lr:g}, {args.steps} steps, "
+          f"faults at steps {sorted(faults)}.", flush=True)
+
+    log_every = max(args.steps // 8, 1)
+    runs = {
+        "plain adam": train(optax.adam(lr), data, faults, "plain adam", log_every),
+        "optaxsched": train(optaxsched.explosion_guard(optax.adam(lr)), data, faults,
+                            "optaxsched", log_every),
+    }
+    print(f"\n{'':12s} {'held-out loss':>14s} {'params finite':>14s} {'skipped':>8s} "
+          f"{'final scale':>12s}")
+    for name, r in runs.items():
+        held = float(loss_fn(r["final_params"], held_out)) if r["params_finite"] else float("nan")
+        r["held_out"] = held
+        print(f"{name:12s} {held:14.3f} {str(r['params_finite']):>14s} {int(r['skipped'][-1]):8d} "
+              f"{r['scale'][-1]:12.3g}")
+    print(f"(best possible {floor:.3f})")
+    if not args.no_plot:
+        plot(runs, faults, floor, args.out)
+        print(f"wrote {args.out}")
+    return runs
+
+
+if __name__ == "__main__":
+    main()
