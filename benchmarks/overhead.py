@@ -25,7 +25,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -106,8 +105,12 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--dtypes", nargs="+", default=["float32"])
-    ap.add_argument("--bf16-size", type=int, default=10_000_000,
-                    help="also run this size in bfloat16 (0 to skip)")
+    ap.add_argument(
+        "--bf16-size",
+        type=int,
+        default=10_000_000,
+        help="also run this size in bfloat16 (0 to skip)",
+    )
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", default=None)
@@ -120,7 +123,8 @@ def main(argv=None):
     lines = [
         f"# explosion_guard overhead ({backend})",
         "",
-        f"jax {jax.__version__}, optax {optax.__version__}, device: {jax.devices()[0].device_kind}, "
+        f"jax {jax.__version__}, optax {optax.__version__}, "
+        f"device: {jax.devices()[0].device_kind}, "
         f"{os.cpu_count()} host cores. {LEAVES} leaves, params and state donated, "
         f"median of {args.rounds} interleaved rounds x {args.reps} steps.",
         "",
@@ -133,8 +137,10 @@ def main(argv=None):
             line = f"| {size:,} | {dtype} | {name} | {ms:.2f} | {ratio:.2f}x | {cratio:.2f}x |"
             lines.append(line)
             print(line, flush=True)
-    out = Path(args.out) if args.out else (
-        Path(__file__).parent / "results" / f"overhead_{backend}.md"
+    out = (
+        Path(args.out)
+        if args.out
+        else (Path(__file__).parent / "results" / f"overhead_{backend}.md")
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
