@@ -47,7 +47,8 @@ def test_tour_covers_the_documented_features():
                  "clip_by_ema_ratio", "reduce_on_plateau", "TrainState",
                  "apply_gradients(grads=grads, value=loss)", "nnx.Optimizer",
                  "layer_decay_rules", "label_by_path", "optax.partition",
-                 "scale_by_group", "describe_groups"]:
+                 "scale_by_group", "describe_groups", "explosion_guard(",
+                 "value=loss", "telemetry(opt_state)"]:
         assert name in code, f"README's API tour no longer shows {name}"
 
 
