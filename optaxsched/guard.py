@@ -10,7 +10,10 @@ gradient is finite), looks at the loss when ``value=`` is passed, and decides:
   running statistics, after a warm-up) takes ``on_spike``: skip, clip to the
   threshold, or only count;
 * every event lowers a recovery scale that multiplies the inner updates, and
-  healthy steps grow it back toward 1 (see ``optaxsched._recovery``);
+  healthy steps grow it back toward 1; with ``value=``, a loss that turns
+  upward against its own trend (a learning rate that is too high) lowers a
+  ceiling on that scale, which heals ten times more slowly (equations in
+  ``optaxsched._recovery``);
 * after ``max_consecutive_skips`` skipped steps in a row the state's
   ``diverged`` flag is set and the guard emits zero updates from then on. It
   never applies a non-finite update.
@@ -164,8 +167,13 @@ def explosion_guard(
     and applied; a loss-only spike is applied as is) or ``"none"`` (count
     only). Every event (non-finite or spike) multiplies the recovery scale
     :math:`s` by ``backoff_factor`` (not below ``min_scale``); healthy steps
-    grow it back toward 1 (rule and equations in ``optaxsched._recovery``).
-    The inner updates are multiplied by :math:`s`.
+    grow it back toward 1 by ``growth_factor``. With ``value=``, the scale is
+    also capped by a ceiling that is multiplied by ``backoff_factor`` on each
+    step where the 10-step loss average rises above the 100-step one by more
+    than 4 standard deviations of that gap (learned from the run), and that
+    regrows by ``growth_factor ** 0.1`` per healthy step (rule and equations
+    in ``optaxsched._recovery``). The inner updates are multiplied by
+    :math:`s`.
 
     After more than ``max_consecutive_skips`` skips in a row, ``diverged`` is
     set and every later update is zero: the training loop can see the flag
@@ -210,6 +218,10 @@ def explosion_guard(
       (skipping batches around loss spikes). Kumar et al., "ZClip: Adaptive
       Spike Mitigation for LLM Pre-Training", 2025 (z-score of the grad norm).
       Levanter/OLMo skip-step (rolling z-score of loss and grad norm).
+      Battiti, "Accelerated backpropagation learning: two optimization
+      methods", 1989 (bold driver: cut the step when the loss rises).
+      Wortsman et al., "Small-scale proxies for large-scale Transformer
+      training instabilities", 2023 (learning-rate sensitivity).
     """
     v.check_number(_FN, "z_threshold", z_threshold, gt=0)
     v.check_int(_FN, "warmup_steps", warmup_steps, ge=0)
