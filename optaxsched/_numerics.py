@@ -112,6 +112,11 @@ def saturating_increment(count: jax.Array) -> jax.Array:
     return jnp.where(count < INT32_MAX, count + 1, count).astype(jnp.int32)
 
 
+def increment_where(count: jax.Array, cond: jax.Array) -> jax.Array:
+    """Saturating ``count + 1`` where ``cond`` is true, else ``count``."""
+    return jnp.where(cond, saturating_increment(count), count).astype(jnp.int32)
+
+
 def increment_or_reset(count: jax.Array, increment: jax.Array) -> jax.Array:
     """Saturating ``count + 1`` where ``increment`` is true, else 0."""
     return jnp.where(increment, saturating_increment(count), 0).astype(jnp.int32)

@@ -140,7 +140,7 @@ def recovery_step(
     loss = jnp.asarray(loss, jnp.float32)
     ok = loss_finite & ~event
     prev = s.recovery_losses
-    n = jnp.where(ok, nx.saturating_increment(prev), prev)
+    n = nx.increment_where(prev, ok)
     fast = jnp.where(ok, nx.ema(s.recovery_loss_fast, loss, _FAST), s.recovery_loss_fast)
     slow = jnp.where(ok, nx.ema(s.recovery_loss_slow, loss, _SLOW), s.recovery_loss_slow)
     m = nx.bias_correction(slow, _SLOW, n)
@@ -176,8 +176,6 @@ def recovery_step(
         recovery_loss_slow=slow,
         recovery_gap_mean=gap_mean,
         recovery_gap_var=gap_var,
-        recovery_divergences=jnp.where(
-            cut, nx.saturating_increment(s.recovery_divergences), s.recovery_divergences
-        ),
+        recovery_divergences=nx.increment_where(s.recovery_divergences, cut),
     )
     return scale, new

@@ -33,6 +33,7 @@ from optaxsched._numerics import (
     ema,
     global_norm_and_finite,
     global_sq_norm,
+    increment_where,
     leaf_sq_norms,
     masked_percentile,
     psum_if,
@@ -81,10 +82,6 @@ def _count0() -> jax.Array:
 
 def _false() -> jax.Array:
     return jnp.zeros((), jnp.bool_)
-
-
-def _bump(count: jax.Array, cond: jax.Array) -> jax.Array:
-    return jnp.where(cond, saturating_increment(count), count)
 
 
 def _inverse(denom: jax.Array) -> jax.Array:
@@ -156,8 +153,8 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
             grad_norm=norm,
             clipped=clipped,
             clip_nonfinite=~finite,
-            clip_count=_bump(state.clip_count, clipped),
-            clip_nonfinite_count=_bump(state.clip_nonfinite_count, ~finite),
+            clip_count=increment_where(state.clip_count, clipped),
+            clip_nonfinite_count=increment_where(state.clip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -220,7 +217,7 @@ def scale_by_grad_norm(power: Any = 1.0, eps: Any = 1e-8, axis_name: str | None 
         return scale_tree_or_zero(updates, scale, finite), ScaleByGradNormState(
             normalize_grad_norm=norm,
             normalize_scale=scale,
-            normalize_nonfinite_count=_bump(state.normalize_nonfinite_count, ~finite),
+            normalize_nonfinite_count=increment_where(state.normalize_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -286,14 +283,14 @@ def scale_by_grad_norm_rms(decay: Any = 0.99, eps: Any = 1e-8,
         sq = global_sq_norm(updates, axis_name)
         finite = jnp.isfinite(sq)
         v = jnp.where(finite, ema(state.rms_sq_norm_ema, sq, decay), state.rms_sq_norm_ema)
-        count = _bump(state.rms_count, finite)
+        count = increment_where(state.rms_count, finite)
         scale = _inverse(jnp.sqrt(bias_correction(v, decay, count)) + _f32(eps))
         return scale_tree_or_zero(updates, scale, finite), ScaleByGradNormRmsState(
             rms_grad_norm=safe_sqrt(sq),
             rms_sq_norm_ema=v,
             rms_count=count,
             rms_scale=scale,
-            rms_nonfinite_count=_bump(state.rms_nonfinite_count, ~finite),
+            rms_nonfinite_count=increment_where(state.rms_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -409,9 +406,9 @@ def clip_by_zscore(z_threshold: Any = 2.5, decay: Any = 0.97, warmup_steps: Any 
             zclip_clipped=clipped,
             zclip_mean=jnp.where(skip, mu, jnp.where(warm, mu_w, mu_e)),
             zclip_var=jnp.where(skip, var, jnp.where(warm, var_w, var_e)),
-            zclip_count=_bump(state.zclip_count, finite),
-            zclip_clip_count=_bump(state.zclip_clip_count, clipped),
-            zclip_nonfinite_count=_bump(state.zclip_nonfinite_count, ~finite),
+            zclip_count=increment_where(state.zclip_count, finite),
+            zclip_clip_count=increment_where(state.zclip_clip_count, clipped),
+            zclip_nonfinite_count=increment_where(state.zclip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -488,7 +485,7 @@ def clip_by_percentile(percentile: Any = 10.0, history: Any = 1000,
         pos = state.autoclip_position
         slot = jnp.arange(size) == pos
         hist = jnp.where(finite & slot, g, state.autoclip_history)
-        count = _bump(state.autoclip_count, finite)
+        count = increment_where(state.autoclip_count, finite)
         threshold = masked_percentile(hist, jnp.minimum(count, size), _f32(percentile) / 100.0)
         scale, clipped = _clip_scale(g, threshold)
         clipped = clipped & finite
@@ -499,8 +496,8 @@ def clip_by_percentile(percentile: Any = 10.0, history: Any = 1000,
             autoclip_history=hist,
             autoclip_position=jnp.where(finite, (pos + 1) % size, pos).astype(jnp.int32),
             autoclip_count=count,
-            autoclip_clip_count=_bump(state.autoclip_clip_count, clipped),
-            autoclip_nonfinite_count=_bump(state.autoclip_nonfinite_count, ~finite),
+            autoclip_clip_count=increment_where(state.autoclip_clip_count, clipped),
+            autoclip_nonfinite_count=increment_where(state.autoclip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -634,9 +631,9 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
             adagc_clipped=any_hit,
             adagc_clipped_tensors=n_hit,
             adagc_gamma=gamma,
-            adagc_count=_bump(state.adagc_count, finite),
-            adagc_clip_count=_bump(state.adagc_clip_count, any_hit),
-            adagc_nonfinite_count=_bump(state.adagc_nonfinite_count, ~finite),
+            adagc_count=increment_where(state.adagc_count, finite),
+            adagc_clip_count=increment_where(state.adagc_clip_count, any_hit),
+            adagc_nonfinite_count=increment_where(state.adagc_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -120,7 +120,7 @@ def _running_stats(mean, var, count, x, accept, decay):
     new_var = jnp.where(first, 0.0, decay * (var + (1.0 - decay) * d * d))
     mean = jnp.where(accept, new_mean, mean)
     var = jnp.where(accept, new_var, var)
-    count = jnp.where(accept, nx.saturating_increment(count), count)
+    count = nx.increment_where(count, accept)
     return mean, var, count
 
 
@@ -377,19 +377,16 @@ def explosion_guard(
         else:
             vanishing = grad_finite & (norm < jnp.asarray(vanishing_threshold, jnp.float32))
 
-        def bump(count, cond):
-            return jnp.where(cond, nx.saturating_increment(count), count)
-
         new_state = ExplosionGuardState(
             inner_state=new_inner,
             guard_steps=nx.saturating_increment(state.guard_steps),
-            accepted_steps=bump(state.accepted_steps, ~skip),
-            skipped_steps=bump(state.skipped_steps, skip),
+            accepted_steps=nx.increment_where(state.accepted_steps, ~skip),
+            skipped_steps=nx.increment_where(state.skipped_steps, skip),
             consecutive_skips=consecutive,
-            nonfinite_steps=bump(state.nonfinite_steps, ~finite),
-            spike_steps=bump(state.spike_steps, spike),
-            clipped_steps=bump(state.clipped_steps, clip),
-            vanishing_steps=bump(state.vanishing_steps, vanishing),
+            nonfinite_steps=nx.increment_where(state.nonfinite_steps, ~finite),
+            spike_steps=nx.increment_where(state.spike_steps, spike),
+            clipped_steps=nx.increment_where(state.clipped_steps, clip),
+            vanishing_steps=nx.increment_where(state.vanishing_steps, vanishing),
             last_grad_norm=norm,
             norm_log_mean=n_mean,
             norm_log_var=n_var,
