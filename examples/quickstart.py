@@ -142,8 +142,9 @@ def plot(runs: dict, faults: dict[int, float], floor: float, path: str) -> None:
         axes[2].plot(steps, np.where(np.isfinite(r["grad_norm"]), r["grad_norm"], np.nan),
                      color=colors[name], lw=0.8, label=name)
         skipped_at = steps[np.diff(r["skipped"], prepend=0) > 0]
-        axes[0].scatter(skipped_at, np.full(len(skipped_at), floor), marker="x",
-                        color=colors[name], zorder=3, label=f"{name}: skipped step")
+        if len(skipped_at):
+            axes[0].scatter(skipped_at, np.full(len(skipped_at), floor), marker="x",
+                            color=colors[name], zorder=3, label=f"{name}: skipped step")
     for t, mul in faults.items():
         for ax in axes:
             ax.axvline(t, color="gray", lw=0.6, ls=":")
