@@ -44,7 +44,6 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -93,25 +92,6 @@ def make_schedule(kind: str, lr, warmup: int, steps: int) -> Callable:
     return sched
 
 
-def _find(tree: Any, name: str):
-    """First NamedTuple field called ``name`` anywhere in an optimizer state."""
-    if hasattr(tree, "_fields"):
-        if name in tree._fields:
-            return getattr(tree, name)
-        children = tuple(tree)
-    elif isinstance(tree, (tuple, list)):
-        children = tuple(tree)
-    elif isinstance(tree, dict):
-        children = tuple(tree.values())
-    else:
-        return None
-    for c in children:
-        r = _find(c, name)
-        if r is not None:
-            return r
-    return None
-
-
 # ---------------------------------------------------------------------- runner
 
 
@@ -152,8 +132,8 @@ def build_runner(factory, cfg: _lm.LMConfig, args, mode: str):
             grads = jax.tree_util.tree_map(lambda g: g * gm, grads)
             updates, opt_state = tx.update(grads, opt_state, params, value=loss)
             params = optax.apply_updates(params, updates)
-            scale = _find(opt_state, "recovery_scale")
-            skipped = _find(opt_state, "skipped_steps")
+            scale = optax.tree.get(opt_state, "recovery_scale", None)
+            skipped = optax.tree.get(opt_state, "skipped_steps", None)
             out = (
                 loss / lm,
                 optax.tree.norm(grads),
