@@ -45,8 +45,8 @@ _LOSS_REL_STD_FLOOR = 0.01
 _TINY = 1e-30
 
 
-def _materialize(flag: jax.Array, *values: jax.Array) -> tuple[jax.Array, ...]:
-    """Returns ``(flag, *values)`` unchanged, as values XLA computes once.
+def _materialize(*values: jax.Array) -> tuple[jax.Array, ...]:
+    """Returns the float32 scalars ``values`` unchanged, as values XLA computes once.
 
     XLA duplicates cheap scalar arithmetic (compares, selects) into every
     kernel that reads it, so a decision made from the gradient statistics is
@@ -55,10 +55,10 @@ def _materialize(flag: jax.Array, *values: jax.Array) -> tuple[jax.Array, ...]:
     A sort is never fused into its consumers; sorting the values by constant
     keys 0, 1, 2, ... is an identity that ends the duplication.
     """
-    stacked = jnp.stack([flag.astype(jnp.float32), *(jnp.asarray(v, jnp.float32) for v in values)])
+    stacked = jnp.stack([jnp.asarray(v, jnp.float32) for v in values])
     keys = jnp.arange(stacked.shape[0], dtype=jnp.int32)
     _, out = jax.lax.sort((keys, stacked), num_keys=1)
-    return (out[0] > 0.5, *(out[i + 1] for i in range(len(values))))
+    return tuple(out[i] for i in range(len(values)))
 
 
 class ExplosionGuardState(NamedTuple):
@@ -318,12 +318,13 @@ def explosion_guard(
         # leak), threshold / norm on clipped ones.
         clip_to = jnp.exp(norm_thr)
         gscale = jnp.where(clip, clip_to / jnp.maximum(norm, _TINY), 1.0)
-        # The barrier materialises the scalar decisions once. Without it XLA
+        # _materialize computes the scalar decisions once. Without it XLA
         # fuses the whole scalar computation (64 partial norms, logs,
         # comparisons) into every per-leaf elementwise kernel, which splits
         # the inner optimizer's fusions and forces copies of donated buffers
         # (measured: 4.9x plain Adam's step time and 7.7x its compile time).
-        skip, gscale = _materialize(skip, gscale)
+        skip_f, gscale = _materialize(skip.astype(jnp.float32), gscale)
+        skip = skip_f > 0.5
         safe_grads = jax.tree_util.tree_map(
             lambda g: jnp.where(skip, jnp.zeros_like(g), g * gscale.astype(g.dtype))
             if nx.is_float_leaf(g) else g,
@@ -347,7 +348,8 @@ def explosion_guard(
             growth_factor=growth_factor,
             min_scale=min_scale,
         )
-        _, out_scale = _materialize(skip, jnp.where(skip, 0.0, scale))
+        # Skipped steps are zeroed by the select below, whatever the scale.
+        (out_scale,) = _materialize(scale)
         new_updates = jax.tree_util.tree_map(
             lambda u: jnp.where(skip, jnp.zeros_like(u), u * out_scale.astype(u.dtype))
             if nx.is_float_leaf(u) else u,
