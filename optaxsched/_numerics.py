@@ -34,6 +34,7 @@ __all__ = [
     "scale_tree_or_zero",
     "scale_leaves_or_zero",
     "masked_percentile",
+    "fuse_scalars",
 ]
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
@@ -215,3 +216,35 @@ def masked_percentile(values: jax.Array, n: jax.Array, q: jax.Array) -> jax.Arra
     # NumPy's lerp: from the nearer end, so t = 1 gives b exactly.
     val = jnp.where(t >= 0.5, b - (b - a) * (1.0 - t), a + (b - a) * t)
     return jnp.where(n > 0, val, jnp.inf)
+
+
+def fuse_scalars(tree: Any) -> Any:
+    """Returns ``tree`` (small arrays: scalars, flags, counters) unchanged,
+    computed by a single XLA kernel and materialised once.
+
+    XLA:CPU has no multi-output loop fusion, so a transform whose step writes
+    twenty scalar state fields compiles twenty tiny kernels, each its own LLVM
+    module (~3-8 ms of compile time apiece), and on GPU launches twenty
+    kernels per step. Worse, cheap scalar decisions read by the per-leaf
+    kernels get duplicated into every one of them. A variadic ``reduce`` is
+    the one multi-output operation every backend fuses: each value ``x``
+    becomes the operand ``[x, 0]`` reduced with ``+`` (``|`` for booleans),
+    which gives back ``x`` exactly (``-0.0`` comes back as ``+0.0``), and all
+    of them, with everything they are computed from, land in one kernel whose
+    outputs later kernels read as plain operands.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    if not leaves:
+        return tree
+    leaves = [jnp.asarray(x) for x in leaves]
+    operands = [jnp.stack([x, jnp.zeros_like(x)], axis=-1) for x in leaves]
+    inits = [jnp.zeros((), x.dtype) for x in leaves]
+    is_bool = [x.dtype == jnp.bool_ for x in leaves]
+
+    def combine(a, b):
+        return tuple(
+            jnp.logical_or(x, y) if flag else x + y for x, y, flag in zip(a, b, is_bool)
+        )
+
+    out = jax.lax.reduce(operands, inits, combine, (leaves[0].ndim,))
+    return jax.tree_util.tree_unflatten(treedef, list(out))
