@@ -73,7 +73,9 @@ def make_arms(beta2: float) -> dict[str, Callable[[Callable], optax.GradientTran
 
     return {
         "baseline": lambda s: optax.chain(optax.clip_by_global_norm(1.0), adam(s)),
-        "skip-only": lambda s: optaxsched.explosion_guard(adam(s), backoff_factor=1.0),
+        "skip-only": lambda s: optaxsched.explosion_guard(
+            adam(s), backoff_factor=1.0, probe_steps=0
+        ),
         "guard": lambda s: optaxsched.explosion_guard(adam(s)),
     }
 

@@ -120,6 +120,7 @@ def explosion_guard(
     min_scale: float = 1e-3,
     max_consecutive_skips: int = 100,
     vanishing_threshold: float | None = None,
+    probe_steps: int = 20,
     decay: float = 0.98,
     axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -217,6 +218,7 @@ def explosion_guard(
     v.check_number(_FN, "min_scale", min_scale, gt=0, le=1)
     v.check_int(_FN, "max_consecutive_skips", max_consecutive_skips, ge=1)
     v.check_number(_FN, "vanishing_threshold", vanishing_threshold, ge=0, allow_none=True)
+    v.check_int(_FN, "probe_steps", probe_steps, ge=0)
     v.check_number(_FN, "decay", decay, gt=0, lt=1)
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise TypeError(
@@ -245,7 +247,7 @@ def explosion_guard(
             loss_var=f32(),
             loss_stats_count=i32(),
             last_loss=f32(),
-            recovery=rec.recovery_init(params),
+            recovery=rec.recovery_init(params, probe_steps=probe_steps),
             diverged=jnp.zeros((), jnp.bool_),
         )
 
@@ -305,9 +307,12 @@ def explosion_guard(
             loss_finite=loss_finite,
             has_loss=has_loss,
             event=event,
+            log_norm=log_norm,
+            grad_finite=grad_finite,
             backoff_factor=backoff_factor,
             growth_factor=growth_factor,
             min_scale=min_scale,
+            probe_steps=probe_steps,
         )
 
         # Statistics: accepted values as they are; spikes contribute their

@@ -32,7 +32,9 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")
 
 @pytest.fixture(scope="module")
 def guarded():
-    opt = ox.explosion_guard(optax.adam(1e-2), warmup_steps=5, max_consecutive_skips=3)
+    opt = ox.explosion_guard(
+        optax.adam(1e-2), warmup_steps=5, max_consecutive_skips=3, probe_steps=0
+    )
     return opt, jax.jit(opt.update)
 
 
@@ -63,7 +65,9 @@ def test_nonfinite_gradient_skips_and_freezes_inner_state(guarded, bad):
     # A non-finite step never moves the running statistics.
     assert float(new.norm_log_mean) == float(state.norm_log_mean)
     assert float(new.loss_mean) == float(state.loss_mean)
-    assert float(new.recovery.recovery_scale) < float(state.recovery.recovery_scale)
+    event_scale = float(state.recovery.recovery_event_scale)
+    assert float(new.recovery.recovery_event_scale) == pytest.approx(0.5 * event_scale)
+    assert float(new.recovery.recovery_scale) <= float(state.recovery.recovery_scale)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -78,16 +82,35 @@ def test_nonfinite_loss_skips(guarded, bad):
     assert float(new.last_loss) == float(state.last_loss)
 
 
-def test_healthy_step_matches_inner_optimizer():
+@pytest.mark.parametrize("probe_steps", [0, 20])
+def test_healthy_step_matches_inner_optimizer(probe_steps):
+    """The inner update times the scale in use: 1 without a probe, the
+    probe's first value 16**(1/20) / 16 with it; the inner state is the
+    inner optimizer's own."""
     inner = optax.adam(1e-2)
-    opt = ox.explosion_guard(inner)
+    opt = ox.explosion_guard(inner, probe_steps=probe_steps)
     params = _tree([1.0, 2.0, 3.0])
     g = _tree([0.1, -0.2, 0.3])
     u_ref, s_ref = inner.update(g, inner.init(params), params)
     u, s = opt.update(g, opt.init(params), params, value=jnp.float32(1.0))
-    chex.assert_trees_all_close(u, u_ref, rtol=1e-6)
+    scale = 16 ** (1 / probe_steps) / 16 if probe_steps else 1.0
+    assert float(s.recovery.recovery_scale) == pytest.approx(scale, rel=1e-6)
+    chex.assert_trees_all_close(u, jax.tree_util.tree_map(lambda x: x * scale, u_ref), rtol=1e-6)
     chex.assert_trees_all_close(s.inner_state, s_ref)
     assert int(s.accepted_steps) == 1 and int(s.skipped_steps) == 0
+
+
+def test_probe_reaches_full_scale_after_probe_steps():
+    opt = ox.explosion_guard(optax.sgd(0.1), probe_steps=8)
+    params = {"w": jnp.ones(4)}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    scales = []
+    for _ in range(10):
+        _, state = update({"w": jnp.full(4, 0.5)}, state, params, value=jnp.float32(1.0))
+        scales.append(float(state.recovery.recovery_scale))
+    np.testing.assert_allclose(scales[:8], 16 ** (np.arange(1, 9) / 8) / 16, rtol=1e-5)
+    assert scales[-1] == 1.0
 
 
 def _spike_run(on_spike, factor=1e4, loss_spike=False):
