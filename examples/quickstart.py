@@ -8,8 +8,10 @@ a NaN gradient (a bad batch) and a gradient multiplied by 10,000 (a spike).
 
 * plain:     ``optax.adam(schedule)``
 * guarded:   ``optaxsched.explosion_guard(optax.adam(schedule))`` with
-  ``update(..., value=loss)``: it skips the NaN step, skips the spike, and cuts
-  its recovery scale when the loss starts to climb (see ``explosion_guard``).
+  ``update(..., value=loss)``: it probes the step size over the first 20
+  steps, halves its recovery scale when a step overshoots (the gradient norm
+  jumps, or the loss starts to climb), and skips the NaN step and the spike
+  (see ``explosion_guard``).
 
 It prints progress, a comparison table, and writes ``quickstart.png`` (loss,
 recovery scale, gradient norm; skipped steps marked).

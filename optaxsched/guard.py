@@ -10,9 +10,11 @@ gradient is finite), looks at the loss when ``value=`` is passed, and decides:
   running statistics, after a warm-up) takes ``on_spike``: skip, clip to the
   threshold, or only count;
 * every event lowers a recovery scale that multiplies the inner updates, and
-  healthy steps grow it back toward 1; with ``value=``, a loss that turns
-  upward against its own trend (a learning rate that is too high) lowers a
-  ceiling on that scale, which heals ten times more slowly (equations in
+  healthy steps grow it back toward 1. A ceiling on that scale answers a
+  learning rate that is too high: it probes upward from 1/16 over the first
+  ``probe_steps`` steps, is halved whenever a step overshoots (the gradient
+  norm jumps by half in one step, or, with ``value=``, the loss turns upward
+  against its own trend) and heals ten times more slowly (equations in
   ``optaxsched._recovery``);
 * after ``max_consecutive_skips`` skipped steps in a row the state's
   ``diverged`` flag is set and the guard emits zero updates from then on. It
@@ -152,13 +154,20 @@ def explosion_guard(
     and applied; a loss-only spike is applied as is) or ``"none"`` (count
     only). Every event (non-finite or spike) multiplies the recovery scale
     :math:`s` by ``backoff_factor`` (not below ``min_scale``); healthy steps
-    grow it back toward 1 by ``growth_factor``. With ``value=``, the scale is
-    also capped by a ceiling that is multiplied by ``backoff_factor`` on each
-    step where the 10-step loss average rises above the 100-step one by more
-    than 4 standard deviations of that gap (learned from the run), and that
-    regrows by ``growth_factor ** 0.1`` per healthy step (rule and equations
-    in ``optaxsched._recovery``). The inner updates are multiplied by
-    :math:`s`.
+    grow it back toward 1 by ``growth_factor``. The scale is also capped by a
+    ceiling :math:`c`, run like TCP's congestion window: it starts at 1/16
+    and grows geometrically to 1 over ``probe_steps`` accepted steps (a step
+    size is trusted once the smaller ones before it worked); a step that
+    overshoots multiplies it by ``backoff_factor`` and ends the probe, after
+    which it regrows by ``growth_factor ** 0.1`` per healthy step. A step
+    overshoots when the gradient norm grows by more than
+    :math:`\max(1.5, e^{4\hat\sigma})` in one step (:math:`\hat\sigma`: the
+    RMS step-to-step change of the log norm), the mark of a step beyond the
+    edge of stability, or, with ``value=``, when the 10-step loss average
+    rises above the 100-step one by more than 4 standard deviations of that
+    gap (learned from the run). Rule and equations in
+    ``optaxsched._recovery``. The inner updates are multiplied by
+    :math:`\min(s, c)`.
 
     After more than ``max_consecutive_skips`` skips in a row, ``diverged`` is
     set and every later update is zero: the training loop can see the flag
@@ -180,6 +189,9 @@ def explosion_guard(
       max_consecutive_skips: skips in a row tolerated before ``diverged``; >= 1.
       vanishing_threshold: count steps whose gradient norm is below this;
         ``None`` disables; >= 0.
+      probe_steps: accepted steps over which the ceiling grows from 1/16 to 1
+        at the start of a run; 0 starts at 1 (no probe); >= 0. A restored
+        state carries on where it was.
       decay: decay of the running statistics; in (0, 1).
       axis_name: mapped axis to ``psum`` the squared norm over when the
         gradients are sharded inside ``shard_map``/``pmap``.
@@ -207,6 +219,9 @@ def explosion_guard(
       methods", 1989 (bold driver: cut the step when the loss rises).
       Wortsman et al., "Small-scale proxies for large-scale Transformer
       training instabilities", 2023 (learning-rate sensitivity).
+      Jacobson, "Congestion avoidance and control", 1988 (slow start,
+      multiplicative decrease). Cohen et al., "Gradient descent on neural
+      networks typically occurs at the edge of stability", 2021.
     """
     v.check_number(_FN, "z_threshold", z_threshold, gt=0)
     v.check_int(_FN, "warmup_steps", warmup_steps, ge=0)

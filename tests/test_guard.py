@@ -269,6 +269,8 @@ def test_bf16_norm_does_not_overflow():
         (dict(max_consecutive_skips=0), "max_consecutive_skips must be >= 1"),
         (dict(vanishing_threshold=-1.0), "vanishing_threshold must be >= 0"),
         (dict(decay=1.0), "decay must be < 1"),
+        (dict(probe_steps=-1), "probe_steps must be >= 0"),
+        (dict(probe_steps=2.5), "probe_steps"),
         (dict(z_threshold="6"), "z_threshold must be a number"),
         (dict(watch_loss=1), "watch_loss must be a bool"),
     ],
