@@ -50,8 +50,9 @@ the step-to-step changes (about 50 steps, bias-corrected), so a noisy
 gradient norm -- small batches, a loss that varies from batch to batch --
 needs a jump of four of its own standard deviations. Each change enters it
 clipped at :math:`\log 1.5`, so overshoots cannot raise the bar by more than
-that (at most :math:`4\log 1.5`, a factor 5). Early in a run, while the
-probe keeps the steps small, :math:`\hat\sigma` learns the calm jitter.
+that (at most :math:`4\log 1.5`, a factor 5). The test starts at the third
+accepted step; early in a run, while the probe keeps the steps small,
+:math:`\hat\sigma` learns the calm jitter.
 
 *Loss divergence* (needs ``value=``). From the accepted losses:
 
@@ -68,9 +69,12 @@ denominator is also never below :math:`0.081\,\hat\jmath_t`, with
 difference :math:`\ell_t - 2\ell_{t-1} + \ell_{t-2}` of the accepted losses:
 for white loss noise of variance :math:`v` the gap has variance
 :math:`0.0393\,v` and the second difference :math:`6v`, while a steady slope
-adds nothing to it. So until the gap statistics have a history, the loss's
-own jitter sets the bar: a noisy loss is not taken for a climb on its fourth
-step, and a smoothly falling one is watched closely. While the loss
+adds nothing to it. Each second difference enters winsorised at
+:math:`\pm 4\hat\jmath`, so a loss that gets noisier is learned within about
+20 steps while the burst of an overshoot does not blind the test. Until the
+gap statistics have a history, the loss's own jitter thus sets the bar: a
+noisy loss is not taken for a climb on its fourth step, and a smoothly
+falling one is watched closely. While the loss
 falls or sits on a plateau, :math:`d` follows its running mean (a steady
 slope gives a steady gap); when the loss turns up, the 10-step average pulls
 away from the 100-step one and :math:`z` jumps. Because :math:`\sigma` is
@@ -98,7 +102,7 @@ PROBE_START = 1.0 / 16.0  # the ceiling's value at step 0 when probing
 _AMPLIFICATION = math.log(1.5)  # least one-step gradient-norm growth that is an overshoot
 _AMPLIFICATION_Z = 4.0  # in standard deviations of the step-to-step change
 _JITTER_DECAY = 0.98  # EMA of the squared step-to-step change: about 50 steps
-_MIN_CHANGES = 8  # step-to-step changes seen before the amplification test starts
+_MIN_CHANGES = 2  # step-to-step changes seen before the amplification test starts
 _FAST = 0.9  # loss EMA of about 10 steps
 _SLOW = 0.99  # loss EMA and gap statistics of about 100 steps
 _DIVERGENCE_Z = 4.0
@@ -213,6 +217,11 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     dev = jnp.where(prev > 0, jnp.clip(dev, -_VAR_CLIP * sd, _VAR_CLIP * sd), dev)
     gap_var = jnp.where(ok, nx.ema(s.recovery_gap_var, jnp.square(dev), _SLOW),
                         s.recovery_gap_var)
+    # Each second difference enters winsorised at 4 of the jitter's standard
+    # deviations so far (the first one as it is): noise that grows is learned
+    # within about 20 steps, while the burst of an overshoot cannot blind the test.
+    bar = _DIVERGENCE_Z * jnp.sqrt(jitter)
+    curvature = jnp.where(prev > 2, jnp.clip(curvature, -bar, bar), curvature)
     loss_jitter = jnp.where(
         ok & (prev > 1), nx.ema(s.recovery_loss_jitter, curvature * curvature, _SLOW),
         s.recovery_loss_jitter,
