@@ -8,7 +8,7 @@ learning rates 1e-3 ... 1 in half-decades, for several seeds. Each arm is one
 
 Arms:
   baseline   optax.chain(optax.clip_by_global_norm(1.0), optax.adam(schedule))
-  skip-only  explosion_guard(optax.adam(schedule), backoff_factor=1.0)
+  skip-only  explosion_guard(optax.adam(schedule), backoff_factor=1.0, probe_steps=0)
              (skips non-finite steps and spikes, never lowers the scale)
   guard      explosion_guard(optax.adam(schedule))  -- all defaults
 
@@ -285,7 +285,8 @@ def markdown(all_summ, costs, lrs, floor, args, timings) -> str:
         f"{', '.join(_fmt_lr(x) for x in lrs)}. Final loss = held-out eval loss.",
         "",
         "Arms: `baseline` = `chain(clip_by_global_norm(1.0), adam)`; `skip-only` = "
-        "`explosion_guard(adam, backoff_factor=1.0)`; `guard` = `explosion_guard(adam)` "
+        "`explosion_guard(adam, backoff_factor=1.0, probe_steps=0)`; `guard` = "
+        "`explosion_guard(adam)` "
         "with default arguments; every update gets `value=loss`.",
         "",
     ]
