@@ -74,8 +74,9 @@ adds nothing to it. Each second difference enters winsorised at
 20 steps while the burst of an overshoot does not blind the test. Until the
 gap statistics have a history, the loss's own jitter thus sets the bar: a
 noisy loss is not taken for a climb on its fourth step, and a smoothly
-falling one is watched closely. While the loss
-falls or sits on a plateau, :math:`d` follows its running mean (a steady
+falling one is watched closely.
+
+While the loss falls or sits on a plateau, :math:`d` follows its running mean (a steady
 slope gives a steady gap); when the loss turns up, the 10-step average pulls
 away from the 100-step one and :math:`z` jumps. Because :math:`\sigma` is
 learned from the run itself, the test is calibrated for any noise level and
