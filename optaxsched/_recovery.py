@@ -97,9 +97,9 @@ import jax.numpy as jnp
 
 from optaxsched import _numerics as nx
 
-__all__ = ["RecoveryState", "recovery_init", "recovery_step", "PROBE_START"]
+__all__ = ["RecoveryState", "recovery_init", "recovery_step"]
 
-PROBE_START = 1.0 / 16.0  # the ceiling's value at step 0 when probing
+_PROBE_START = 1.0 / 16.0  # the ceiling's value at step 0 when probing
 _AMPLIFICATION = math.log(1.5)  # least one-step gradient-norm growth that is an overshoot
 _AMPLIFICATION_Z = 4.0  # in standard deviations of the step-to-step change
 _JITTER_DECAY = 0.98  # EMA of the squared step-to-step change: about 50 steps
@@ -161,11 +161,11 @@ class RecoveryState(NamedTuple):
 
 def _probe_start(probe_steps: Any) -> jax.Array:
     # jnp.where, not a Python if: probe_steps may be traced (inject_hyperparams).
-    return jnp.where(jnp.asarray(probe_steps) > 0, PROBE_START, 1.0).astype(jnp.float32)
+    return jnp.where(jnp.asarray(probe_steps) > 0, _PROBE_START, 1.0).astype(jnp.float32)
 
 
 def recovery_init(params: Any = None, *, probe_steps: Any = 0) -> RecoveryState:
-    """No history; the ceiling starts at ``PROBE_START`` when probing, else 1.
+    """No history; the ceiling starts at ``_PROBE_START`` when probing, else 1.
     One array per field, so states can be donated."""
     del params
     c0 = _probe_start(probe_steps)
@@ -201,12 +201,21 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     var = nx.bias_correction(s.recovery_gap_var, _SLOW, prev)
     sd = jnp.maximum(jnp.sqrt(var), _REL_FLOOR * jnp.abs(m))
     # Before the gap statistics have a history, the white-noise prediction of
-    # the gap's spread sets the bar (see the module docstring).
+    # the gap's spread from the loss's own jitter sets the bar (module docstring).
     last = s.recovery_last_loss
     change = jnp.where(prev > 0, loss - last, 0.0)
     curvature = change - s.recovery_last_change  # second difference: blind to a steady slope
     jitter = nx.bias_correction(s.recovery_loss_jitter, _SLOW, prev - 2)
     sd = jnp.maximum(sd, _GAP_PER_JITTER * jnp.sqrt(jitter))
+    # Each second difference enters winsorised at 4 of the jitter's standard
+    # deviations so far (the first one as it is): noise that grows is learned
+    # within about 20 steps, while the burst of an overshoot cannot blind the test.
+    bar = _DIVERGENCE_Z * jnp.sqrt(jitter)
+    curvature = jnp.where(prev > 2, jnp.clip(curvature, -bar, bar), curvature)
+    loss_jitter = jnp.where(
+        ok & (prev > 1), nx.ema(s.recovery_loss_jitter, curvature * curvature, _SLOW),
+        s.recovery_loss_jitter,
+    )
     z = jnp.where(prev > 0, (gap - mu) / jnp.maximum(sd, _TINY), 0.0)
     # `~(z <= Z)` so that a NaN statistic counts as divergence.
     diverging = ok & (prev >= _MIN_LOSSES) & ~(z <= _DIVERGENCE_Z)
@@ -218,15 +227,6 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     dev = jnp.where(prev > 0, jnp.clip(dev, -_VAR_CLIP * sd, _VAR_CLIP * sd), dev)
     gap_var = jnp.where(ok, nx.ema(s.recovery_gap_var, jnp.square(dev), _SLOW),
                         s.recovery_gap_var)
-    # Each second difference enters winsorised at 4 of the jitter's standard
-    # deviations so far (the first one as it is): noise that grows is learned
-    # within about 20 steps, while the burst of an overshoot cannot blind the test.
-    bar = _DIVERGENCE_Z * jnp.sqrt(jitter)
-    curvature = jnp.where(prev > 2, jnp.clip(curvature, -bar, bar), curvature)
-    loss_jitter = jnp.where(
-        ok & (prev > 1), nx.ema(s.recovery_loss_jitter, curvature * curvature, _SLOW),
-        s.recovery_loss_jitter,
-    )
     fields = dict(
         recovery_last_loss=jnp.where(ok, loss, last),
         recovery_last_change=jnp.where(ok, change, s.recovery_last_change),
@@ -288,7 +288,7 @@ def recovery_step(
 
     p = jnp.asarray(probe_steps, jnp.float32)
     probing = (p > 0) & (s.recovery_divergences == 0)
-    grow = jnp.where(probing, (1.0 / PROBE_START) ** (1.0 / jnp.maximum(p, 1.0)), g**_HEAL)
+    grow = jnp.where(probing, (1.0 / _PROBE_START) ** (1.0 / jnp.maximum(p, 1.0)), g**_HEAL)
     ceiling = jnp.where(
         cut, jnp.maximum(s.recovery_ceiling * b, lo),
         jnp.where(ok, jnp.minimum(s.recovery_ceiling * grow, 1.0), s.recovery_ceiling),
