@@ -4,14 +4,17 @@ Each arm is one jitted ``update + apply_updates`` with params and optimizer
 state donated (``donate_argnums``), as real training loops run. Arms run in
 interleaved rounds and we report medians and ratios measured side by side in
 this one run (absolute times on shared machines drift). Compile time of each
-step is measured too (trace, lower and compile: ``jit(...).lower(...).compile()``).
+step is measured too, in its three phases: tracing (Python), lowering to
+StableHLO and XLA's compilation (``jit(...).trace(...).lower().compile()``).
 
-The update-only step on 64 leaves of one shape is the worst case for the
-compile ratio: XLA compiles one kernel for all 64 identical Adam leaves, so
-the guard's fixed cost (its scalar logic, about 0.2 s) is set against very
-little. A second table times the whole training step -- forward, backward,
-update -- of a 10.9M-parameter pre-LN transformer LM (``benchmarks/_lm.py``,
-65 leaves of 14 shapes), which is what a user compiles.
+The update-only step is the worst case for the compile ratio: Adam alone
+compiles to about 34 HLO operations per leaf and almost nothing else, so the
+guard's scalar logic (about 490 operations, mostly in one fused kernel) and its ~18
+extra operations per leaf (the norm's reduction, the state selects, the
+output select) weigh most; ``compile_cost.py`` takes that apart. A second
+table times the whole training step -- forward, backward, update -- of a
+10.9M-parameter pre-LN transformer LM (``benchmarks/_lm.py``, 65 leaves of 14
+shapes), which is what a user compiles.
 
 Run::
 
@@ -74,6 +77,19 @@ def make_step(tx):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def _compile(jitted, *args):
+    """Compiled step and the seconds spent in each phase: tracing (Python),
+    lowering to StableHLO, and XLA's compilation."""
+    t0 = time.perf_counter()
+    traced = jitted.trace(*args)
+    t1 = time.perf_counter()
+    lowered = traced.lower()
+    t2 = time.perf_counter()
+    compiled = lowered.compile()
+    t3 = time.perf_counter()
+    return compiled, (t1 - t0, t2 - t1, t3 - t2)
+
+
 def _interleaved(compiled: dict, carries: dict, args: tuple, rounds: int, reps: int):
     """Median seconds per call of each compiled step, in interleaved rounds
     (reversed every other round) so drift hits every arm alike."""
@@ -92,11 +108,23 @@ def _interleaved(compiled: dict, carries: dict, args: tuple, rounds: int, reps: 
 
 
 def _rows(step_s: dict, compile_s: dict):
-    base, base_c = step_s["adam"], compile_s["adam"]
+    """(arm, ms/step, step / adam, total compile s, compile / adam, phases)."""
+    base, base_c = step_s["adam"], sum(compile_s["adam"])
     return [
-        (name, step_s[name] * 1e3, step_s[name] / base, compile_s[name], compile_s[name] / base_c)
+        (
+            name,
+            step_s[name] * 1e3,
+            step_s[name] / base,
+            sum(compile_s[name]),
+            sum(compile_s[name]) / base_c,
+            compile_s[name],
+        )
         for name in step_s
     ]
+
+
+def _phases(phases) -> str:
+    return " / ".join(f"{t:.2f}" for t in phases)
 
 
 def bench(total: int, dtype, rounds: int, reps: int, leaves: int = LEAVES):
@@ -107,9 +135,7 @@ def bench(total: int, dtype, rounds: int, reps: int, leaves: int = LEAVES):
         params = make_tree(total, dtype, 0, leaves)
         opt_state = tx.init(params)
         step = make_step(tx)
-        t0 = time.perf_counter()
-        compiled[name] = step.lower(params, opt_state, grads, loss).compile()
-        compile_s[name] = time.perf_counter() - t0
+        compiled[name], compile_s[name] = _compile(step, params, opt_state, grads, loss)
         params, opt_state = compiled[name](params, opt_state, grads, loss)  # warm up
         jax.block_until_ready(params)
         carries[name] = (params, opt_state)
@@ -133,11 +159,9 @@ def bench_train_step(rounds: int, reps: int):
 
         params = _lm.init_params(jax.random.PRNGKey(0), cfg)
         opt_state = tx.init(params)
-        t0 = time.perf_counter()
-        compiled[name] = (
-            jax.jit(step, donate_argnums=(0, 1)).lower(params, opt_state, batch).compile()
+        compiled[name], compile_s[name] = _compile(
+            jax.jit(step, donate_argnums=(0, 1)), params, opt_state, batch
         )
-        compile_s[name] = time.perf_counter() - t0
         carries[name] = compiled[name](params, opt_state, batch)[:2]
     n = sum(x.size for x in jax.tree_util.tree_leaves(carries["adam"][0]))
     return n, _rows(_interleaved(compiled, carries, (batch,), rounds, reps), compile_s)
@@ -174,15 +198,16 @@ def main(argv=None):
         f"{os.cpu_count()} host cores. {args.leaves} leaves, params and state donated, "
         f"median of {args.rounds} interleaved rounds x {args.reps} steps.",
         "",
-        "| params | dtype | arm | ms/step | time / adam | compile s | compile / adam |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| params | dtype | arm | ms/step | time / adam | compile s | compile / adam "
+        "| trace / lower / XLA s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|",
     ]
     for size, dtype in configs:
         rows = bench(size, jnp.dtype(dtype), args.rounds, args.reps, args.leaves)
-        for name, ms, ratio, csec, cratio in rows:
+        for name, ms, ratio, csec, cratio, phases in rows:
             line = (
                 f"| {size:,} | {dtype} | {name} | {ms:.2f} | {ratio:.2f}x "
-                f"| {csec:.2f} | {cratio:.2f}x |"
+                f"| {csec:.2f} | {cratio:.2f}x | {_phases(phases)} |"
             )
             lines.append(line)
             print(line, flush=True)
@@ -195,11 +220,15 @@ def main(argv=None):
             f"{LM.seq_len}, 65 leaves), params and state donated, median of "
             f"{args.train_rounds} interleaved rounds x 3 steps:",
             "",
-            "| arm | ms/step | time / adam | compile s | compile / adam |",
-            "|---|---:|---:|---:|---:|",
+            "| arm | ms/step | time / adam | compile s | compile / adam "
+            "| trace / lower / XLA s |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        for name, ms, ratio, csec, cratio in rows:
-            line = f"| {name} | {ms:.1f} | {ratio:.2f}x | {csec:.2f} | {cratio:.2f}x |"
+        for name, ms, ratio, csec, cratio, phases in rows:
+            line = (
+                f"| {name} | {ms:.1f} | {ratio:.2f}x | {csec:.2f} | {cratio:.2f}x "
+                f"| {_phases(phases)} |"
+            )
             lines.append(line)
             print(line, flush=True)
     suffix = "" if args.leaves == LEAVES else f"_{args.leaves}leaves"

@@ -1,0 +1,190 @@
+"""Where ``explosion_guard``'s extra compile time goes on XLA:CPU.
+
+``overhead.py`` reports the guarded step's compile time as a ratio to plain
+Adam's. This script takes that ratio apart, so the part that is the guard's
+own work can be told from the part that is the backend's fixed price per
+operation and per kernel:
+
+1. **Fixed cost.** The update + apply step on one 4-element leaf, so that the
+   per-leaf work is nil and what remains is the guard's scalar logic
+   (statistics, recovery rule, counters) and the freezing machinery.
+2. **Per-leaf cost.** The same with 64 leaves of 1M parameters in total: the
+   extra over (1) is what every leaf adds (the norm's reduction kernel).
+3. **Price of a scalar operation.** A chain of ``n`` scalar ``where/mul/add``
+   steps compiled as one kernel, for several ``n``: the slope is what XLA:CPU
+   charges for each HLO operation in a fused kernel, which sets a floor under
+   any scalar logic of a given size.
+
+Each phase (tracing, lowering, XLA) is the minimum over ``--repeats`` fresh
+compiles of fresh functions, in process CPU time, which is steadier than wall
+time on a shared machine. Writes ``benchmarks/results/compile_cost_<backend>.md``.
+
+Run::
+
+    python benchmarks/compile_cost.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from overhead import make_tree  # noqa: E402
+
+import optaxsched as ox  # noqa: E402
+
+
+def _phases(make_fn, args, repeats):
+    """Minimum CPU seconds of (trace, lower, XLA compile) over fresh functions."""
+    best = [float("inf")] * 3
+    for _ in range(repeats):
+        jitted = jax.jit(make_fn(), donate_argnums=(0, 1))
+        t0 = time.process_time()
+        traced = jitted.trace(*args)
+        t1 = time.process_time()
+        lowered = traced.lower()
+        t2 = time.process_time()
+        lowered.compile()
+        t3 = time.process_time()
+        best = [min(b, t) for b, t in zip(best, (t1 - t0, t2 - t1, t3 - t2))]
+    return best
+
+
+def _hlo_ops(compiled_text: str) -> int:
+    """Instructions of an optimized HLO module, parameters left out."""
+    return sum(
+        1
+        for line in compiled_text.splitlines()
+        if line.startswith("  ") and " = " in line and "parameter(" not in line
+    )
+
+
+def _step_factory(tx):
+    def make():
+        def step(params, state, grads, loss):
+            updates, state = tx.update(grads, state, params, value=loss)
+            return optax.apply_updates(params, updates), state
+
+        return step
+
+    return make
+
+
+def guard_phases(repeats):
+    rows = []
+    for label, params, grads in [
+        ("1 leaf of 4", {"w": jnp.ones(4)}, {"w": jnp.ones(4)}),
+        (
+            "64 leaves, 1M",
+            make_tree(1_000_000, jnp.float32, 0),
+            make_tree(1_000_000, jnp.float32, 1),
+        ),
+    ]:
+        for arm, tx in [
+            ("adam", optax.adam(1e-3)),
+            ("explosion_guard(adam)", ox.explosion_guard(optax.adam(1e-3))),
+        ]:
+            args = (params, tx.init(params), grads, jnp.float32(1.0))
+            text = jax.jit(_step_factory(tx)()).lower(*args).compile().as_text()
+            rows.append((label, arm, _hlo_ops(text), _phases(_step_factory(tx), args, repeats)))
+    return rows
+
+
+def scalar_chain_phases(lengths, repeats):
+    """XLA compile seconds of one fused kernel of ``n`` scalar steps."""
+    x = jnp.arange(4, dtype=jnp.float32)
+
+    def make(n):
+        def make_fn():
+            def chain(a, b):
+                y = a[0] + b[0]
+                for i in range(n):
+                    y = jnp.where(y > i, y * 1.0001 + 0.5, y - 0.25)
+                return a, y
+
+            return chain
+
+        return make_fn
+
+    rows = []
+    for n in lengths:
+        n_ops = _hlo_ops(jax.jit(make(n)()).lower(x, x).compile().as_text())
+        _, _, xla_s = _phases(make(n), (x, x), repeats)
+        rows.append((n, n_ops, xla_s))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    backend = jax.default_backend()
+    lines = [
+        f"# explosion_guard compile cost ({backend})",
+        "",
+        f"jax {jax.__version__}, optax {optax.__version__}, device: "
+        f"{jax.devices()[0].device_kind}. Minimum process CPU seconds over "
+        f"{args.repeats} fresh compiles (all threads; XLA compiles kernels in "
+        "parallel, so wall time is lower).",
+        "",
+        "| step | arm | HLO ops | trace s | lower s | XLA s | total s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    totals = {}
+    for label, arm, n_ops, (tr, lo, xla) in guard_phases(args.repeats):
+        totals[label, arm] = tr + lo + xla
+        line = (
+            f"| {label} | {arm} | {n_ops} | {tr:.3f} | {lo:.3f} | {xla:.3f} "
+            f"| {tr + lo + xla:.3f} |"
+        )
+        lines.append(line)
+        print(line, flush=True)
+    one, many, g = "1 leaf of 4", "64 leaves, 1M", "explosion_guard(adam)"
+    fixed = totals[one, g] - totals[one, "adam"]
+    per_leaf = (
+        (totals[many, g] - totals[one, g]) - (totals[many, "adam"] - totals[one, "adam"])
+    ) / 63
+    lines += [
+        "",
+        f"The guard's fixed cost: {fixed:.3f} s; its extra cost per leaf: "
+        f"{per_leaf * 1e3:.2f} ms (Adam's own: "
+        f"{(totals[many, 'adam'] - totals[one, 'adam']) / 63 * 1e3:.2f} ms per leaf).",
+    ]
+    print(lines[-1], flush=True)
+    lines += [
+        "",
+        "One fused kernel of n scalar steps (compare, multiply, add, subtract, select):",
+        "",
+        "| n | HLO ops in the compiled module | XLA s |",
+        "|---:|---:|---:|",
+    ]
+    chain = scalar_chain_phases([1, 50, 100, 200], args.repeats)
+    for n, n_ops, xla in chain:
+        line = f"| {n} | {n_ops} | {xla:.3f} |"
+        lines.append(line)
+        print(line, flush=True)
+    (_, ops0, s0), (_, ops1, s1) = chain[0], chain[-1]
+    per_op = (s1 - s0) / max(ops1 - ops0, 1)
+    lines += ["", f"Slope: {per_op * 1e3:.3f} ms of XLA compile per scalar HLO operation."]
+    print(lines[-1])
+    out = (
+        Path(args.out)
+        if args.out
+        else Path(__file__).parent / "results" / f"compile_cost_{backend}.md"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
