@@ -37,24 +37,17 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from overhead import make_tree  # noqa: E402
+import overhead  # noqa: E402
 
 import optaxsched as ox  # noqa: E402
 
 
-def _phases(make_fn, args, repeats):
+def _phases(make_jitted, args, repeats):
     """Minimum CPU seconds of (trace, lower, XLA compile) over fresh functions."""
     best = [float("inf")] * 3
     for _ in range(repeats):
-        jitted = jax.jit(make_fn(), donate_argnums=(0, 1))
-        t0 = time.process_time()
-        traced = jitted.trace(*args)
-        t1 = time.process_time()
-        lowered = traced.lower()
-        t2 = time.process_time()
-        lowered.compile()
-        t3 = time.process_time()
-        best = [min(b, t) for b, t in zip(best, (t1 - t0, t2 - t1, t3 - t2))]
+        _, phases = overhead._compile(make_jitted(), *args, clock=time.process_time)
+        best = [min(b, t) for b, t in zip(best, phases)]
     return best
 
 
@@ -67,25 +60,14 @@ def _hlo_ops(compiled_text: str) -> int:
     )
 
 
-def _step_factory(tx):
-    def make():
-        def step(params, state, grads, loss):
-            updates, state = tx.update(grads, state, params, value=loss)
-            return optax.apply_updates(params, updates), state
-
-        return step
-
-    return make
-
-
 def guard_phases(repeats):
     rows = []
     for label, params, grads in [
         ("1 leaf of 4", {"w": jnp.ones(4)}, {"w": jnp.ones(4)}),
         (
             "64 leaves, 1M",
-            make_tree(1_000_000, jnp.float32, 0),
-            make_tree(1_000_000, jnp.float32, 1),
+            overhead.make_tree(1_000_000, jnp.float32, 0),
+            overhead.make_tree(1_000_000, jnp.float32, 1),
         ),
     ]:
         for arm, tx in [
@@ -93,8 +75,9 @@ def guard_phases(repeats):
             ("explosion_guard(adam)", ox.explosion_guard(optax.adam(1e-3))),
         ]:
             args = (params, tx.init(params), grads, jnp.float32(1.0))
-            text = jax.jit(_step_factory(tx)()).lower(*args).compile().as_text()
-            rows.append((label, arm, _hlo_ops(text), _phases(_step_factory(tx), args, repeats)))
+            text = overhead.make_step(tx).lower(*args).compile().as_text()
+            phases = _phases(lambda tx=tx: overhead.make_step(tx), args, repeats)
+            rows.append((label, arm, _hlo_ops(text), phases))
     return rows
 
 
@@ -103,20 +86,20 @@ def scalar_chain_phases(lengths, repeats):
     x = jnp.arange(4, dtype=jnp.float32)
 
     def make(n):
-        def make_fn():
+        def make_jitted():
             def chain(a, b):
                 y = a[0] + b[0]
                 for i in range(n):
                     y = jnp.where(y > i, y * 1.0001 + 0.5, y - 0.25)
                 return a, y
 
-            return chain
+            return jax.jit(chain)
 
-        return make_fn
+        return make_jitted
 
     rows = []
     for n in lengths:
-        n_ops = _hlo_ops(jax.jit(make(n)()).lower(x, x).compile().as_text())
+        n_ops = _hlo_ops(make(n)().lower(x, x).compile().as_text())
         _, _, xla_s = _phases(make(n), (x, x), repeats)
         rows.append((n, n_ops, xla_s))
     return rows
