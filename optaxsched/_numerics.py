@@ -10,6 +10,7 @@ comes free with the norm and no second pass over the gradients is needed.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -218,33 +219,63 @@ def masked_percentile(values: jax.Array, n: jax.Array, q: jax.Array) -> jax.Arra
     return jnp.where(n > 0, val, jnp.inf)
 
 
-def fuse_scalars(tree: Any) -> Any:
-    """Returns ``tree`` (small arrays: scalars, flags, counters) unchanged,
-    computed by a single XLA kernel and materialised once.
+def fuse_scalars(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` for a function of scalars, compiled as a single XLA kernel.
 
-    XLA:CPU has no multi-output loop fusion, so a transform whose step writes
-    twenty scalar state fields compiles twenty tiny kernels, each its own LLVM
-    module (~3-8 ms of compile time apiece), and on GPU launches twenty
-    kernels per step. Worse, cheap scalar decisions read by the per-leaf
-    kernels get duplicated into every one of them. A variadic ``reduce`` is
-    the one multi-output operation every backend fuses: each value ``x``
-    becomes the operand ``[x, 0]`` reduced with ``+`` (``|`` for booleans),
-    which gives back ``x`` exactly (``-0.0`` comes back as ``+0.0``), and all
-    of them, with everything they are computed from, land in one kernel whose
-    outputs later kernels read as plain operands.
+    ``args`` is any tree of scalars (state fields, flags, partial sums); the
+    result is the tree ``fn`` returns, with every leaf a scalar, materialised
+    once. Two things keep XLA:CPU from fusing scalar logic of some size into
+    one kernel, and each kernel it splits off costs 5-10 ms of compilation
+    (its own LLVM module) and, on GPU, a launch per step:
+
+    * it has no multi-output loop fusion, so twenty outputs would make twenty
+      kernels; a variadic ``reduce`` is the one multi-output operation every
+      backend fuses;
+    * inside a fusion it counts how often each value would be recomputed, and
+      every reshape on the way to an output starts a new count: a flag read by
+      more than 15 outputs, or a ``log``/``sqrt`` read by two, is split into a
+      kernel of its own.
+
+    So ``fn`` runs on *lanes*: every input ``x`` enters as the 2-vector
+    ``[x, 0]``, all of ``fn``'s arithmetic is elementwise on that one shape
+    (nothing is recomputed per output), and each output ``y`` leaves through
+    ``sum([y, 0])`` (``|`` for booleans), which is ``y`` exactly (``-0.0``
+    comes back as ``+0.0``). Lane 1 computes ``fn`` of zeros and is dropped.
+    ``fn`` must therefore be elementwise in its inputs: no reductions, no
+    indexing, no shape tests.
     """
-    leaves, treedef = jax.tree_util.tree_flatten(tree)
-    if not leaves:
-        return tree
+    leaves, treedef = jax.tree_util.tree_flatten(args)
     leaves = [jnp.asarray(x) for x in leaves]
-    operands = [jnp.stack([x, jnp.zeros_like(x)], axis=-1) for x in leaves]
-    inits = [jnp.zeros((), x.dtype) for x in leaves]
-    is_bool = [x.dtype == jnp.bool_ for x in leaves]
+    for x in leaves:
+        if x.ndim:
+            raise ValueError(f"fuse_scalars: inputs must be scalars, got shape {x.shape}")
+    lane0 = jax.lax.iota(jnp.int32, 2) == 0
+
+    def first_lane(x):
+        # lax.select, not jnp.where: one primitive instead of a nested jit call.
+        if x.shape != (2,):
+            x = jax.lax.broadcast(x, (2,))
+        return jax.lax.select(lane0, x, jnp.zeros((2,), x.dtype))
+
+    out = fn(*jax.tree_util.tree_unflatten(treedef, [first_lane(x) for x in leaves]))
+    out_leaves, out_tree = jax.tree_util.tree_flatten(out)
+    if not out_leaves:
+        return out
+    out_leaves = [jnp.asarray(y) for y in out_leaves]
+    for y in out_leaves:
+        if y.shape not in ((), (2,)):
+            raise ValueError(f"fuse_scalars: fn must return scalars, got shape {y.shape}")
+    is_bool = [y.dtype == jnp.bool_ for y in out_leaves]
 
     def combine(a, b):
         return tuple(
             jnp.logical_or(x, y) if flag else x + y for x, y, flag in zip(a, b, is_bool)
         )
 
-    out = jax.lax.reduce(operands, inits, combine, (leaves[0].ndim,))
-    return jax.tree_util.tree_unflatten(treedef, list(out))
+    reduced = jax.lax.reduce(
+        [first_lane(y) for y in out_leaves],
+        [jnp.zeros((), y.dtype) for y in out_leaves],
+        combine,
+        (0,),
+    )
+    return jax.tree_util.tree_unflatten(out_tree, list(reduced))

@@ -23,6 +23,7 @@ gradient is finite), looks at the loss when ``value=`` is passed, and decides:
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -266,12 +267,16 @@ def explosion_guard(
             diverged=jnp.zeros((), jnp.bool_),
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def _decide(state, sq, loss, *, has_loss):
+        """The step's scalar logic, from the gradients' sum of squares and the
+        loss to the new guard state and the decisions the per-leaf kernels
+        read: (new state, skip, update scale, gradient scale)."""
         z = jnp.asarray(z_threshold, jnp.float32)
         beta = jnp.asarray(decay, jnp.float32)
         warm = jnp.asarray(warmup_steps, jnp.int32)
 
-        norm, grad_finite = nx.global_norm_and_finite(updates, axis_name)
+        norm = nx.safe_sqrt(sq)
+        grad_finite = jnp.isfinite(sq)
         log_norm = jnp.log(jnp.maximum(norm, _TINY))
 
         # Gradient-norm spike, one-sided, in log space.
@@ -281,14 +286,7 @@ def explosion_guard(
         # `not (x <= thr)` so that a NaN compares as a spike.
         norm_spike = norm_ready & grad_finite & ~(log_norm <= norm_thr)
 
-        value = extra_args.get("value")
-        has_loss = value is not None
         if has_loss:
-            loss = jnp.asarray(value, jnp.float32)
-            if loss.ndim:
-                raise ValueError(
-                    f"{_FN}: value= must be a scalar loss, got shape {loss.shape}"
-                )
             loss_finite = jnp.isfinite(loss)
             loss_std = jnp.maximum(
                 jnp.sqrt(state.loss_var), _LOSS_REL_STD_FLOOR * jnp.abs(state.loss_mean)
@@ -301,7 +299,6 @@ def explosion_guard(
             if not watch_loss:
                 loss_spike = jnp.zeros((), jnp.bool_)
         else:
-            loss = jnp.zeros((), jnp.float32)
             loss_finite = jnp.ones((), jnp.bool_)
             loss_spike = jnp.zeros((), jnp.bool_)
 
@@ -376,10 +373,23 @@ def explosion_guard(
             recovery=recovery,
             diverged=diverged,
         )
-        # Every scalar of the step -- the new guard state and the decisions
-        # the per-leaf kernels read -- is computed in one kernel (see
-        # nx.fuse_scalars for why this matters for compile time and launches).
-        new_state, skip, out_scale, gscale = nx.fuse_scalars((new_state, skip, scale, gscale))
+        return new_state, skip, scale, gscale
+
+    def update_fn(updates, state, params=None, **extra_args):
+        value = extra_args.get("value")
+        has_loss = value is not None
+        loss = jnp.asarray(0.0 if value is None else value, jnp.float32)
+        if loss.ndim:
+            raise ValueError(f"{_FN}: value= must be a scalar loss, got shape {loss.shape}")
+        # The gradients' one read: a float32 sum of squares. The norm and
+        # everything decided from it are computed by `_decide` in a single
+        # scalar kernel (nx.fuse_scalars; left to XLA's own fusion the same
+        # logic is split into seven kernels, 0.06 s more compile time on CPU).
+        sq_norm = nx.global_sq_norm(updates, axis_name)
+        new_state, skip, out_scale, gscale = nx.fuse_scalars(
+            functools.partial(_decide, has_loss=has_loss),
+            state._replace(inner_state=None), sq_norm, loss,
+        )
 
         # On a skipped step the gradients go into the inner update as they are
         # (possibly NaN): every new inner state array is replaced by the old one

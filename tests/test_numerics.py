@@ -188,3 +188,44 @@ def test_masked_percentile_matches_numpy():
             np.testing.assert_allclose(got, np.percentile(values[:n], p), rtol=1e-5,
                                        err_msg=f"n={n} p={p}")
     assert float(f(jnp.asarray(values), jnp.int32(0), jnp.float32(0.5))) == np.inf
+
+
+def _scalar_logic(x, n, flag):
+    """A little of everything the guard's decision does: log, sqrt, selects,
+    saturating counters, a flag read by many outputs."""
+    lx = jnp.log(jnp.maximum(x, 1e-30))
+    hot = flag & ~(lx <= 1.0)
+    counters = [nx.increment_where(n + i, hot) for i in range(20)]
+    return {
+        "log": lx,
+        "root": jnp.sqrt(jnp.abs(x)),
+        "hot": hot,
+        "counters": counters,
+        "const": jnp.float32(-2.5),
+        "neg_zero": -0.0 * x,
+    }
+
+
+@pytest.mark.parametrize(
+    "x", [2.0, 0.5, 0.0, -3.0, np.inf, -np.inf, np.nan, 3e38], ids=str
+)
+@pytest.mark.parametrize("flag", [True, False])
+def test_fuse_scalars_returns_exactly_what_fn_computes(x, flag):
+    args = (jnp.float32(x), jnp.int32(nx.INT32_MAX - 3), jnp.bool_(flag))
+    want = _scalar_logic(*args)
+    got = jax.jit(lambda *a: nx.fuse_scalars(_scalar_logic, *a))(*args)
+    assert jax.tree_util.tree_structure(got) == jax.tree_util.tree_structure(want)
+    for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+        assert g.shape == () and g.dtype == w.dtype
+        # -0.0 comes back as +0.0 (documented); everything else bit for bit.
+        np.testing.assert_array_equal(np.asarray(g), np.asarray(w))
+    if np.isfinite(x):
+        assert float(got["neg_zero"]) == 0.0
+
+
+def test_fuse_scalars_rejects_non_scalars():
+    with pytest.raises(ValueError, match="inputs must be scalars"):
+        nx.fuse_scalars(lambda v: v, jnp.ones(3))
+    with pytest.raises(ValueError, match="fn must return scalars"):
+        nx.fuse_scalars(lambda v: jnp.zeros(3), jnp.float32(1.0))
+    assert nx.fuse_scalars(lambda v: (), jnp.float32(1.0)) == ()
