@@ -3,13 +3,19 @@
 ``overhead.py`` reports the guarded step's compile time as a ratio to plain
 Adam's. This script takes that ratio apart, so the part that is the guard's
 own work can be told from the part that is the backend's fixed price per
-operation and per kernel:
+operation and per kernel. Four arms: Adam; the *floor* (``overhead.norm_floor``:
+the global norm and a scalar multiply of the gradients before Adam, the least
+any transform that needs the norm first can do); *bare skip* (``bare_skip``:
+the floor plus what skipping a non-finite step needs and nothing else -- the
+inner state frozen bitwise, the updates zeroed -- without any statistics or
+recovery rule); and the guard.
 
 1. **Fixed cost.** The update + apply step on one 4-element leaf, so that the
    per-leaf work is nil and what remains is the guard's scalar logic
    (statistics, recovery rule, counters) and the freezing machinery.
 2. **Per-leaf cost.** The same with 64 leaves of 1M parameters in total: the
-   extra over (1) is what every leaf adds (the norm's reduction kernel).
+   extra over (1) is what every leaf adds (the norm's reduction kernel, the
+   state and output selects).
 3. **Price of a scalar operation.** A chain of ``n`` scalar ``where/mul/add``
    steps compiled as one kernel, for several ``n``: the slope is what XLA:CPU
    charges for each HLO operation in a fused kernel, which sets a floor under
@@ -17,7 +23,9 @@ operation and per kernel:
 
 Each phase (tracing, lowering, XLA) is the minimum over ``--repeats`` fresh
 compiles of fresh functions, in process CPU time, which is steadier than wall
-time on a shared machine. Writes ``benchmarks/results/compile_cost_<backend>.md``.
+time on a shared machine. The ``kernels`` column counts the fusions of the
+compiled module (XLA:CPU compiles identical ones once). Writes
+``benchmarks/results/compile_cost_<backend>.md``.
 
 Run::
 
@@ -40,16 +48,40 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import overhead  # noqa: E402
 
 import optaxsched as ox  # noqa: E402
+from optaxsched import _numerics as nx  # noqa: E402
+from optaxsched._freeze import update_with_frozen_state  # noqa: E402
+
+
+def bare_skip(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+    """Skip non-finite steps the guard's way and do nothing else: the norm,
+    the inner state frozen where it is made, a select on the updates."""
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        _, finite = nx.global_norm_and_finite(updates)
+        skip = ~finite
+        updates = jax.tree_util.tree_map(
+            lambda g: g * jnp.where(skip, 0.0, 1.0).astype(g.dtype), updates
+        )
+        inner_updates, new_state = update_with_frozen_state(
+            inner.update, skip, updates, state, params, {}
+        )
+        inner_updates = jax.tree_util.tree_map(
+            lambda u: jax.lax.select(skip, jnp.zeros_like(u), u), inner_updates
+        )
+        return inner_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
 def _phases(make_jitted, args, repeats):
     """Minimum CPU seconds of (trace, lower, XLA compile) over fresh functions,
-    and the number of HLO operations of the compiled module."""
+    and the number of HLO operations and of kernels of the compiled module."""
     best = [float("inf")] * 3
     for _ in range(repeats):
         compiled, phases = overhead._compile(make_jitted(), *args, clock=time.process_time)
         best = [min(b, t) for b, t in zip(best, phases)]
-    return best, _hlo_ops(compiled.as_text())
+    return best, _hlo_ops(compiled.as_text()), _kernels(compiled.as_text())
 
 
 def _hlo_ops(compiled_text: str) -> int:
@@ -61,23 +93,37 @@ def _hlo_ops(compiled_text: str) -> int:
     )
 
 
+def _kernels(compiled_text: str) -> int:
+    """Fusions called from the entry computation of an optimized HLO module."""
+    entry = compiled_text[compiled_text.index("\nENTRY") :]
+    return sum(1 for line in entry.splitlines() if " fusion(" in line)
+
+
+FLOOR, BARE, GUARD = "floor: norm, then adam", "bare skip(adam)", "explosion_guard(adam)"
+ONE, MANY = "1 leaf of 4", "64 leaves, 1M"
+
+
 def guard_phases(repeats):
     rows = []
     for label, params, grads in [
-        ("1 leaf of 4", {"w": jnp.ones(4)}, {"w": jnp.ones(4)}),
+        (ONE, {"w": jnp.ones(4)}, {"w": jnp.ones(4)}),
         (
-            "64 leaves, 1M",
+            MANY,
             overhead.make_tree(1_000_000, jnp.float32, 0, overhead.LEAVES),
             overhead.make_tree(1_000_000, jnp.float32, 1, overhead.LEAVES),
         ),
     ]:
         for arm, tx in [
             ("adam", optax.adam(1e-3)),
-            ("explosion_guard(adam)", ox.explosion_guard(optax.adam(1e-3))),
+            (FLOOR, overhead.norm_floor(optax.adam(1e-3))),
+            (BARE, bare_skip(optax.adam(1e-3))),
+            (GUARD, ox.explosion_guard(optax.adam(1e-3))),
         ]:
             args = (params, tx.init(params), grads, jnp.float32(1.0))
-            phases, n_ops = _phases(lambda tx=tx: overhead.make_step(tx), args, repeats)
-            rows.append((label, arm, n_ops, phases))
+            phases, n_ops, n_kernels = _phases(
+                lambda tx=tx: overhead.make_step(tx), args, repeats
+            )
+            rows.append((label, arm, n_ops, n_kernels, phases))
     return rows
 
 
@@ -99,7 +145,7 @@ def scalar_chain_phases(lengths, repeats):
 
     rows = []
     for n in lengths:
-        (_, _, xla_s), n_ops = _phases(make(n), (x, x), repeats)
+        (_, _, xla_s), n_ops, _ = _phases(make(n), (x, x), repeats)
         rows.append((n, n_ops, xla_s))
     return rows
 
@@ -118,28 +164,31 @@ def main(argv=None):
         f"{args.repeats} fresh compiles (all threads; XLA compiles kernels in "
         "parallel, so wall time is lower).",
         "",
-        "| step | arm | HLO ops | trace s | lower s | XLA s | total s |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| step | arm | HLO ops | kernels | trace s | lower s | XLA s | total s "
+        "| total / adam |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     totals = {}
-    for label, arm, n_ops, (tr, lo, xla) in guard_phases(args.repeats):
+    for label, arm, n_ops, n_kernels, (tr, lo, xla) in guard_phases(args.repeats):
         totals[label, arm] = tr + lo + xla
         line = (
-            f"| {label} | {arm} | {n_ops} | {tr:.3f} | {lo:.3f} | {xla:.3f} "
-            f"| {tr + lo + xla:.3f} |"
+            f"| {label} | {arm} | {n_ops} | {n_kernels} | {tr:.3f} | {lo:.3f} | {xla:.3f} "
+            f"| {tr + lo + xla:.3f} | {totals[label, arm] / totals[label, 'adam']:.2f}x |"
         )
         lines.append(line)
         print(line, flush=True)
-    one, many, g = "1 leaf of 4", "64 leaves, 1M", "explosion_guard(adam)"
-    adam_per_leaf = (totals[many, "adam"] - totals[one, "adam"]) / (overhead.LEAVES - 1)
-    guard_per_leaf = (totals[many, g] - totals[one, g]) / (overhead.LEAVES - 1)
-    lines += [
-        "",
-        f"The guard's fixed cost: {totals[one, g] - totals[one, 'adam']:.3f} s; its "
-        f"extra cost per leaf: {(guard_per_leaf - adam_per_leaf) * 1e3:.2f} ms "
-        f"(Adam's own: {adam_per_leaf * 1e3:.2f} ms per leaf).",
-    ]
-    print(lines[-1], flush=True)
+
+    def per_leaf(arm):
+        return (totals[MANY, arm] - totals[ONE, arm]) / (overhead.LEAVES - 1)
+
+    lines.append("")
+    for arm in (FLOOR, BARE, GUARD):
+        lines.append(
+            f"- {arm}: fixed cost {totals[ONE, arm] - totals[ONE, 'adam']:.3f} s, "
+            f"extra cost per leaf {(per_leaf(arm) - per_leaf('adam')) * 1e3:.2f} ms "
+            f"(Adam's own: {per_leaf('adam') * 1e3:.2f} ms per leaf)."
+        )
+        print(lines[-1], flush=True)
     lines += [
         "",
         "One fused kernel of n scalar steps (compare, multiply, add, subtract, select):",
