@@ -231,10 +231,11 @@ def fuse_scalars(fn: Callable[..., Any], *args: Any) -> Any:
     * it has no multi-output loop fusion, so twenty outputs would make twenty
       kernels; a variadic ``reduce`` is the one multi-output operation every
       backend fuses;
-    * inside a fusion it counts how often each value would be recomputed, and
-      every reshape on the way to an output starts a new count: a flag read by
-      more than 15 outputs, or a ``log``/``sqrt`` read by two, is split into a
-      kernel of its own.
+    * inside a fusion it counts how often each value would be emitted, and
+      every reshape on the way to an output is a separate emission: a value
+      that more than 15 outputs depend on (a skip flag, the log of the norm)
+      is split off into a kernel of its own, with everything it is computed
+      from, and later kernels only read it.
 
     So ``fn`` runs on *lanes*: every input ``x`` enters as the 2-vector
     ``[x, 0]``, all of ``fn``'s arithmetic is elementwise on that one shape

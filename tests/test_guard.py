@@ -402,7 +402,8 @@ def test_compiled_step_adds_no_full_size_buffers_and_few_scalar_kernels():
     # step must write exactly those three too: no materialised g², no copy of
     # a donated buffer, no separate select over the state. Its scalar logic
     # (statistics, counters, recovery rule: about 30 state fields) compiles
-    # to a handful of kernels, not one or more per field.
+    # to one kernel (nx.fuse_scalars), not one or more per field; left to
+    # XLA's own fusion it made 8 (11 scalar kernels in all, against Adam's 3).
     leaves = 4
     adam_full, adam_scalar = _entry_ops(optax.adam(1e-3), leaves)
     assert adam_full == 3 * leaves
@@ -411,4 +412,4 @@ def test_compiled_step_adds_no_full_size_buffers_and_few_scalar_kernels():
             ox.explosion_guard(optax.adam(1e-3), on_spike=on_spike), leaves
         )
         assert full == adam_full, (on_spike, full, adam_full)
-        assert scalar_kernels <= adam_scalar + 10, (on_spike, scalar_kernels, adam_scalar)
+        assert scalar_kernels <= adam_scalar + 2, (on_spike, scalar_kernels, adam_scalar)
