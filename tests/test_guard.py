@@ -361,6 +361,46 @@ def test_fault_injection_guard_survives_where_adam_dies():
     assert not np.isfinite(float(adam_loss))
 
 
+def test_vmap_over_runs_matches_each_run_alone():
+    # Sweeps run the guard under vmap (benchmarks/stability.py does). Each run
+    # must take its own decisions: here run 1 gets a NaN gradient and run 2 a
+    # 1e4x spike at step 6, while run 0 stays healthy.
+    opt = ox.explosion_guard(
+        optax.adam(1e-2), warmup_steps=3, max_consecutive_skips=2, probe_steps=4
+    )
+    runs, steps = 3, 8
+    rng = np.random.default_rng(1)
+    grads = (1.0 + 0.01 * rng.normal(size=(steps, runs, 3))).astype(np.float32)
+    grads[6, 1, 0] = np.nan
+    grads[6, 2] *= 1e4
+    losses = (1.0 - 0.01 * np.arange(steps)[:, None] + 0.001 * np.arange(runs)).astype(
+        np.float32
+    )
+
+    def run(g_seq, l_seq):
+        params = {"w": jnp.ones(3, jnp.float32)}
+        state = opt.init(params)
+
+        def body(carry, gl):
+            params, state = carry
+            updates, state = opt.update({"w": gl[0]}, state, params, value=gl[1])
+            return (optax.apply_updates(params, updates), state), None
+
+        (params, state), _ = jax.lax.scan(body, (params, state), (g_seq, l_seq))
+        return params, state
+
+    batched = jax.jit(jax.vmap(run, in_axes=(1, 1)))(jnp.asarray(grads), jnp.asarray(losses))
+    single = jax.jit(run)
+    for r in range(runs):
+        want = single(jnp.asarray(grads[:, r]), jnp.asarray(losses[:, r]))
+        got = jax.tree_util.tree_map(lambda x, r=r: x[r], batched)
+        chex.assert_trees_all_close(got, want, rtol=1e-6, atol=0)
+    _, state = batched
+    np.testing.assert_array_equal(np.asarray(state.nonfinite_steps), [0, 1, 0])
+    np.testing.assert_array_equal(np.asarray(state.spike_steps), [0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(state.skipped_steps), [0, 1, 1])
+
+
 def _entry_ops(tx, leaves=4, shape=(128, 256)):
     """(ops writing a full-size array, scalar kernels that do not read the
     gradients) in the optimized HLO of a donated ``update + apply_updates``.
