@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _lm  # noqa: E402
 import optaxsched as ox  # noqa: E402
+from optaxsched import _numerics as nx  # noqa: E402
 
 LEAVES = 64
 
@@ -69,13 +70,8 @@ def norm_floor(inner: optax.GradientTransformation) -> optax.GradientTransformat
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
-        sq = sum(
-            jnp.sum(jnp.square(g.astype(jnp.float32)))
-            for g in jax.tree_util.tree_leaves(updates)
-        )
-        # From the sqrt, not the sum: XLA materialises a sqrt once, while it
-        # would copy the cheap sum of 64 partial sums into every leaf's kernel.
-        scale = jnp.where(jnp.isfinite(jnp.sqrt(sq)), 1.0, 0.0)
+        _, finite = nx.global_norm_and_finite(updates)
+        scale = jnp.where(finite, 1.0, 0.0)
         updates = jax.tree_util.tree_map(lambda g: g * scale.astype(g.dtype), updates)
         return inner.update(updates, state, params)
 
