@@ -1,60 +1,34 @@
-r"""The recovery rule of ``explosion_guard``: how the update scale falls and regrows.
+r"""The recovery rule of ``explosion_guard``: when the update multiplier falls
+and how it regrows.
 
-The scale applied to the inner updates is the smaller of two factors,
+Design rule: **do no harm**. A healthy run must see a multiplier of exactly 1,
+so the rule acts only on evidence that does not occur in healthy training,
+and it forgets a wrong decision within about 50 steps.
 
-.. math::  s_t = \min(e_t, c_t).
-
-**Event scale** :math:`e` answers isolated events (a non-finite step or a
-spike): multiplicative decrease, multiplicative regrowth toward 1,
-
-.. math::
-
-   e \leftarrow \max(s_{\min}, b\,e) \ \text{on an event}, \qquad
-   e \leftarrow \min(1, \gamma\,e) \ \text{on a healthy step}.
-
-**Ceiling** :math:`c` answers a step size that is too large, the failure no
-spike test sees: at too high a learning rate a run does not blow up in one
-step, it overshoots, gets damaged within a few steps and then sits at a high
-loss. The ceiling is run like TCP's congestion window (Jacobson 1988):
-
-* *Probe.* It starts at :math:`c_0 = 1/16` and grows geometrically on every
-  accepted step, :math:`c \leftarrow \min(1, 16^{1/P} c)`, reaching 1 after
-  ``probe_steps`` :math:`= P` steps, until the first overshoot. A step size
-  is trusted only after the smaller ones before it worked -- an automatic
-  learning-rate range test (Smith 2017) folded into the first steps. With
-  :math:`P = 0` there is no probe and :math:`c_0 = 1`.
-* *Back off.* On an overshoot :math:`c \leftarrow \max(s_{\min}, b\,c)`, and
-  the probe is over.
-* *Heal.* Otherwise, after the probe, :math:`c \leftarrow \min(1,
-  \gamma^{1/10} c)`: ten times slower than the event scale (with the
-  defaults a factor 2 per 500 steps), because a step size that overshot
-  should not be retried soon, while a rare false alarm still wears off.
-
-An accepted step (finite, not a spike) is an **overshoot** when either test
-fires:
-
-*Gradient amplification.* With :math:`x_t = \log\|g_t\|`, :math:`x_{t'}` the
-last accepted one and :math:`\delta_t = x_t - x_{t'}`,
+The multiplier :math:`s \in [s_{\min}, 1]` applied to the inner updates
+starts at 1 and changes only by
 
 .. math::
 
-   \delta_t > \max\big(\log 1.5,\ 4\,\hat\sigma_t\big), \qquad
-   \hat\sigma_t^2 = \widehat{\mathrm{EMA}}_{0.98}\big(\min(\delta^2, \log^2 1.5)\big).
+   s \leftarrow \max(s_{\min}, b\,s) \ \text{on a cut}, \qquad
+   s \leftarrow \min(1, \gamma\,s) \ \text{on an accepted step where neither test fires}
 
-On a quadratic with curvature :math:`\lambda`, a step of size :math:`\eta`
-multiplies the gradient along that direction by :math:`|1-\eta\lambda|`, which
-exceeds 1 exactly when the step is beyond the edge of stability
-(:math:`\eta\lambda > 2`); a gradient norm that grows by half in a single
-step is that amplification. :math:`\hat\sigma` is the root mean square of
-the step-to-step changes (about 50 steps, bias-corrected), so a noisy
-gradient norm -- small batches, a loss that varies from batch to batch --
-needs a jump of four of its own standard deviations. Each change enters it
-clipped at :math:`\log 1.5`, so overshoots cannot raise the bar by more than
-that (at most :math:`4\log 1.5`, a factor 5). The test starts at the third
-accepted step; early in a run, while the probe keeps the steps small,
-:math:`\hat\sigma` learns the calm jitter.
+(``backoff_factor`` :math:`b`, ``growth_factor`` :math:`\gamma`: with the
+defaults a cut is undone in 50 healthy steps). Cuts are at least 10 steps
+apart, so one bad stretch costs a few halvings, not a collapse to
+:math:`s_{\min}`. Two tests cut, and each is counted in the state:
 
-*Loss divergence* (needs ``value=``). From the accepted losses:
+*Burst of events* (``recovery_burst_cuts``). An event is a non-finite step,
+a spike or a restart of the spike statistics (``optaxsched._spikes``). An
+isolated event is a corrupted batch, no evidence that the step size is
+wrong: it is skipped and nothing else changes. Events that come in bursts
+are: with the event load :math:`p \leftarrow 0.9\,p + [\text{event}]`, an
+event that brings :math:`p` to 2 or more (three events within about ten
+steps) cuts.
+
+*Loss divergence* (``recovery_trend_cuts``; needs ``value=``). At too high a
+learning rate a run does not blow up in one step: it overshoots and the loss
+climbs for many steps, which no spike test sees. From the accepted losses:
 
 .. math::
 
@@ -71,20 +45,27 @@ for white loss noise of variance :math:`v` the gap has variance
 :math:`0.0393\,v` and the second difference :math:`6v`, while a steady slope
 adds nothing to it. Each second difference enters winsorised at
 :math:`\pm 4\hat\jmath`, so a loss that gets noisier is learned within about
-20 steps while the burst of an overshoot does not blind the test. Until the
-gap statistics have a history, the loss's own jitter thus sets the bar: a
-noisy loss is not taken for a climb on its fourth step, and a smoothly
-falling one is watched closely.
+20 steps while the burst of a divergence does not blind the test. While the
+loss falls or sits on a plateau, :math:`d` follows its running mean; when
+the loss turns up, the 10-step average pulls away from the 100-step one and
+:math:`z` jumps. The test fires only while the gap still widens,
+:math:`d_t > d_{t-1}`: a loss that jumped and then sits at its new level is
+not a climb, although the slow EMA needs many steps to catch up with it.
+The gap statistics are fed winsorised values
+(:math:`\mu \pm 4\sigma` for the mean, :math:`\pm 2\sigma` for the
+deviation), so a divergence does not teach the test that divergence is
+normal. The test starts at the fourth accepted loss.
 
-While the loss falls or sits on a plateau, :math:`d` follows its running mean (a steady
-slope gives a steady gap); when the loss turns up, the 10-step average pulls
-away from the 100-step one and :math:`z` jumps. Because :math:`\sigma` is
-learned from the run itself, the test is calibrated for any noise level and
-for autocorrelated losses. The gap statistics are fed winsorised values
-(:math:`\mu \pm 4\sigma` for the mean, :math:`\pm 2\sigma` for the deviation),
-so a divergence does not teach the test that divergence is normal. The test
-starts at the fourth accepted loss and cuts on every step the divergence
-lasts (a longer climb, a deeper cut).
+What was tried before and removed, because it fired on healthy runs: a
+one-step gradient-norm amplification test (a jump of x1.5 or 4 standard
+deviations of its own jitter fired 2.5-25 times per 400 healthy minibatch
+steps), a slow-start probe of the multiplier from 1/16 (+18% final loss on
+a short regression), a halving on every isolated event (three NaN batches
+cost +10.9% final loss), a ceiling that healed ten times more slowly than
+it was cut (every false cut permanent in a short run), and a hypergradient
+factor from cos(g_t, -u_{t-1}) (on minibatch gradients that cosine is
+mostly noise). ``benchmarks/results/stability_suite.md`` has the
+measurements of the present rule.
 """
 
 from __future__ import annotations
@@ -99,11 +80,9 @@ from optaxsched import _numerics as nx
 
 __all__ = ["RecoveryState", "recovery_init", "recovery_step"]
 
-_PROBE_START = 1.0 / 16.0  # the ceiling's value at step 0 when probing
-_AMPLIFICATION = math.log(1.5)  # least one-step gradient-norm growth that is an overshoot
-_AMPLIFICATION_Z = 4.0  # in standard deviations of the step-to-step change
-_JITTER_DECAY = 0.98  # EMA of the squared step-to-step change: about 50 steps
-_MIN_CHANGES = 2  # step-to-step changes seen before the amplification test starts
+_LOAD_DECAY = 0.9  # event load: about ten steps of memory
+_BURST = 2.0  # event load at which an event cuts (three events close together)
+_REFRACTORY = 10  # least steps between two cuts
 _FAST = 0.9  # loss EMA of about 10 steps
 _SLOW = 0.99  # loss EMA and gap statistics of about 100 steps
 _DIVERGENCE_Z = 4.0
@@ -113,7 +92,6 @@ _REL_FLOOR = 1e-3  # floor of the gap's standard deviation, relative to the loss
 # second difference of the loss: sqrt(0.0393 / 6) (see the module docstring).
 _GAP_PER_JITTER = math.sqrt(0.0393 / 6.0)
 _MIN_LOSSES = 3  # accepted losses before the trend test starts
-_HEAL = 0.1  # ceiling regrowth per healthy step: growth_factor ** _HEAL
 _TINY = 1e-30
 
 
@@ -121,14 +99,11 @@ class RecoveryState(NamedTuple):
     """State of the recovery rule (field names are unique in the library).
 
     Attributes:
-      recovery_scale: the multiplier applied to the inner updates,
-        ``min(recovery_event_scale, recovery_ceiling)``.
-      recovery_event_scale: the factor that answers non-finite steps and spikes.
-      recovery_ceiling: the factor that answers overshooting step sizes.
-      recovery_norm_steps: accepted steps seen by the rule (int32, saturating).
-      recovery_last_log_norm: log gradient norm of the last accepted step.
-      recovery_jitter: EMA of the squared step-to-step change of the log
-        gradient norm, each clipped at log 1.5 (not bias-corrected).
+      recovery_scale: the multiplier applied to the inner updates.
+      recovery_event_load: decayed count of recent events, :math:`p`.
+      recovery_since_cut: steps since the last cut (int32, saturating).
+      recovery_burst_cuts: cuts made by the burst-of-events test.
+      recovery_trend_cuts: cuts made by the loss-divergence test.
       recovery_losses: accepted losses seen (int32, saturating).
       recovery_last_loss, recovery_last_change: the last accepted loss and
         its change from the one before.
@@ -138,16 +113,13 @@ class RecoveryState(NamedTuple):
         (not bias-corrected).
       recovery_gap_mean, recovery_gap_var: 100-step EMAs of the gap between
         the two bias-corrected loss EMAs and of its squared deviation.
-      recovery_divergences: steps on which the ceiling was cut; the probe
-        runs while this is 0.
     """
 
     recovery_scale: jax.Array
-    recovery_event_scale: jax.Array
-    recovery_ceiling: jax.Array
-    recovery_norm_steps: jax.Array
-    recovery_last_log_norm: jax.Array
-    recovery_jitter: jax.Array
+    recovery_event_load: jax.Array
+    recovery_since_cut: jax.Array
+    recovery_burst_cuts: jax.Array
+    recovery_trend_cuts: jax.Array
     recovery_losses: jax.Array
     recovery_last_loss: jax.Array
     recovery_last_change: jax.Array
@@ -156,34 +128,24 @@ class RecoveryState(NamedTuple):
     recovery_loss_slow: jax.Array
     recovery_gap_mean: jax.Array
     recovery_gap_var: jax.Array
-    recovery_divergences: jax.Array
 
 
-def _probe_start(probe_steps: Any) -> jax.Array:
-    # jnp.where, not a Python if: probe_steps may be traced (inject_hyperparams).
-    return jnp.where(jnp.asarray(probe_steps) > 0, _PROBE_START, 1.0).astype(jnp.float32)
-
-
-def recovery_init(params: Any = None, *, probe_steps: Any = 0) -> RecoveryState:
-    """No history; the ceiling starts at ``_PROBE_START`` when probing, else 1.
-    One array per field, so states can be donated."""
+def recovery_init(params: Any = None) -> RecoveryState:
+    """Multiplier 1, no history. One array per field, so states can be donated."""
     del params
-    c0 = _probe_start(probe_steps)
 
-    def f32(x: Any) -> jax.Array:
-        return jnp.array(x, dtype=jnp.float32, copy=True)
+    def f32(x: float) -> jax.Array:
+        return jnp.array(x, dtype=jnp.float32)
 
-    def i32() -> jax.Array:
-        return jnp.zeros((), jnp.int32)
+    def i32(x: int = 0) -> jax.Array:
+        return jnp.array(x, dtype=jnp.int32)
 
     return RecoveryState(
-        recovery_scale=f32(c0), recovery_event_scale=f32(1.0), recovery_ceiling=f32(c0),
-        recovery_norm_steps=i32(), recovery_last_log_norm=f32(0.0), recovery_jitter=f32(0.0),
+        recovery_scale=f32(1.0), recovery_event_load=f32(0.0),
+        recovery_since_cut=i32(_REFRACTORY), recovery_burst_cuts=i32(), recovery_trend_cuts=i32(),
         recovery_losses=i32(), recovery_last_loss=f32(0.0), recovery_last_change=f32(0.0),
-        recovery_loss_jitter=f32(0.0),
-        recovery_loss_fast=f32(0.0), recovery_loss_slow=f32(0.0),
+        recovery_loss_jitter=f32(0.0), recovery_loss_fast=f32(0.0), recovery_loss_slow=f32(0.0),
         recovery_gap_mean=f32(0.0), recovery_gap_var=f32(0.0),
-        recovery_divergences=i32(),
     )
 
 
@@ -217,8 +179,13 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
         s.recovery_loss_jitter,
     )
     z = jnp.where(prev > 0, (gap - mu) / jnp.maximum(sd, _TINY), 0.0)
-    # `~(z <= Z)` so that a NaN statistic counts as divergence.
-    diverging = ok & (prev >= _MIN_LOSSES) & ~(z <= _DIVERGENCE_Z)
+    # Only a gap that is still widening: after a jump the loss may sit at its
+    # new level while the slow EMA catches up, and that is not a climb.
+    last_gap = nx.bias_correction(s.recovery_loss_fast, _FAST, prev) - nx.bias_correction(
+        s.recovery_loss_slow, _SLOW, prev)
+    # `~(x <= y)` so that a NaN statistic counts as divergence.
+    widening = ~(gap <= last_gap)
+    diverging = ok & (prev >= _MIN_LOSSES) & ~(z <= _DIVERGENCE_Z) & widening
 
     # Winsorised statistics: a diverging step cannot teach that divergence is normal.
     x = jnp.where(prev > 0, jnp.clip(gap, mu - _DIVERGENCE_Z * sd, mu + _DIVERGENCE_Z * sd), gap)
@@ -241,67 +208,49 @@ def recovery_step(
     state: RecoveryState,
     *,
     loss: jax.Array,
-    loss_finite: jax.Array,
-    has_loss: bool,
+    accepted: jax.Array,
     event: jax.Array,
-    log_norm: jax.Array,
-    grad_finite: jax.Array,
+    has_loss: bool,
     backoff_factor: Any,
     growth_factor: Any,
     min_scale: Any,
-    probe_steps: Any,
 ) -> tuple[jax.Array, RecoveryState]:
     """Returns the multiplier for this step's update and the next state.
 
-    ``event`` marks a non-finite or spiking step (it feeds nothing);
-    ``log_norm`` is this step's log gradient norm; ``has_loss`` is static:
-    without ``value=`` the loss test is off.
+    ``accepted`` marks a finite step that is not a spike (its loss feeds the
+    trend test; a restart is accepted); ``event`` marks a non-finite step, a
+    spike or a restart. ``has_loss`` is static: without ``value=`` the trend
+    test is off.
     """
     s = state
     b = jnp.asarray(backoff_factor, jnp.float32)
     g = jnp.asarray(growth_factor, jnp.float32)
     lo = jnp.asarray(min_scale, jnp.float32)
-    event_scale = jnp.where(
-        event, jnp.maximum(s.recovery_event_scale * b, lo),
-        jnp.minimum(s.recovery_event_scale * g, 1.0),
-    )
 
-    ok = grad_finite & loss_finite & ~event
-    log_norm = jnp.asarray(log_norm, jnp.float32)
-    has_prev = s.recovery_norm_steps > 0
-    jump = log_norm - s.recovery_last_log_norm
-    changes = s.recovery_norm_steps - 1  # step-to-step changes in recovery_jitter
-    jitter = jnp.sqrt(nx.bias_correction(s.recovery_jitter, _JITTER_DECAY, changes))
-    threshold = jnp.maximum(_AMPLIFICATION, _AMPLIFICATION_Z * jitter)
-    # `~(jump <= ...)` so that a NaN counts as an overshoot.
-    amplified = ok & (changes >= _MIN_CHANGES) & ~(jump <= threshold)
-    jitter_var = jnp.where(
-        ok & has_prev,
-        nx.ema(s.recovery_jitter, jnp.minimum(jump * jump, _AMPLIFICATION**2), _JITTER_DECAY),
-        s.recovery_jitter,
-    )
+    load = _LOAD_DECAY * s.recovery_event_load + event.astype(jnp.float32)
+    burst = event & (load >= _BURST)
     if has_loss:
-        diverging, loss_fields = _loss_divergence(s, jnp.asarray(loss, jnp.float32), ok)
+        trend, loss_fields = _loss_divergence(s, jnp.asarray(loss, jnp.float32), accepted)
     else:
-        diverging, loss_fields = jnp.zeros((), jnp.bool_), {}
-    cut = amplified | diverging
+        trend, loss_fields = jnp.zeros((), jnp.bool_), {}
+    since = nx.saturating_increment(s.recovery_since_cut)
+    may_cut = since >= _REFRACTORY
+    burst_cut = may_cut & burst
+    trend_cut = may_cut & trend & ~burst
+    cut = burst_cut | trend_cut
+    # No regrowth while a test fires, even when the refractory gap holds a cut back.
+    healthy = accepted & ~trend & ~burst
 
-    p = jnp.asarray(probe_steps, jnp.float32)
-    probing = (p > 0) & (s.recovery_divergences == 0)
-    grow = jnp.where(probing, (1.0 / _PROBE_START) ** (1.0 / jnp.maximum(p, 1.0)), g**_HEAL)
-    ceiling = jnp.where(
-        cut, jnp.maximum(s.recovery_ceiling * b, lo),
-        jnp.where(ok, jnp.minimum(s.recovery_ceiling * grow, 1.0), s.recovery_ceiling),
+    scale = jnp.where(
+        cut, jnp.maximum(s.recovery_scale * b, lo),
+        jnp.where(healthy, jnp.minimum(s.recovery_scale * g, 1.0), s.recovery_scale),
     )
-    scale = jnp.minimum(event_scale, ceiling)
     new = s._replace(
         recovery_scale=scale,
-        recovery_event_scale=event_scale,
-        recovery_ceiling=ceiling,
-        recovery_norm_steps=nx.increment_where(s.recovery_norm_steps, ok),
-        recovery_last_log_norm=jnp.where(ok, log_norm, s.recovery_last_log_norm),
-        recovery_jitter=jitter_var,
-        recovery_divergences=nx.increment_where(s.recovery_divergences, cut),
+        recovery_event_load=load,
+        recovery_since_cut=jnp.where(cut, 0, since).astype(jnp.int32),
+        recovery_burst_cuts=nx.increment_where(s.recovery_burst_cuts, burst_cut),
+        recovery_trend_cuts=nx.increment_where(s.recovery_trend_cuts, trend_cut),
         **loss_fields,
     )
     return scale, new

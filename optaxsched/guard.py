@@ -7,18 +7,18 @@ gradient is finite), looks at the loss when ``value=`` is passed, and decides:
 * a non-finite gradient or loss **skips** the step: zero updates, the inner
   optimizer's state left bitwise unchanged;
 * a spike (one-sided z-score of the log gradient norm, or of the loss, over
-  running statistics, after a warm-up) takes ``on_spike``: skip, clip to the
-  threshold, or only count;
-* every event lowers a recovery scale that multiplies the inner updates, and
-  healthy steps grow it back toward 1. A ceiling on that scale answers a
-  learning rate that is too high: it probes upward from 1/16 over the first
-  ``probe_steps`` steps, is halved whenever a step overshoots (the gradient
-  norm jumps by half in one step, or, with ``value=``, the loss turns upward
-  against its own trend) and heals ten times more slowly (equations in
-  ``optaxsched._recovery``);
+  running statistics, from the first steps of a run) takes ``on_spike``:
+  skip, clip to the threshold, or only count (``optaxsched._spikes``);
+* a multiplier on the updates, 1 on a healthy run, is halved only on
+  evidence that the step size is too large -- a burst of events or a loss
+  that keeps climbing -- and regrows within about 50 steps
+  (``optaxsched._recovery``);
 * after ``max_consecutive_skips`` skipped steps in a row the state's
   ``diverged`` flag is set and the guard emits zero updates from then on. It
   never applies a non-finite update.
+
+The step's decisions are the module-level pure functions of those two
+modules; this one validates the arguments and wires them together.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import optax
 
 from optaxsched import _numerics as nx
 from optaxsched import _recovery as rec
+from optaxsched import _spikes as sp
 from optaxsched import _validation as v
 from optaxsched._freeze import update_with_frozen_state
 
@@ -39,12 +40,15 @@ __all__ = ["explosion_guard", "ExplosionGuardState"]
 
 _FN = "explosion_guard"
 _SPIKE_MODES = ("skip", "clip", "none")
-# Floors for the running standard deviations, so a statistic that has been
-# nearly constant does not turn ordinary jitter into "spikes": the log grad
-# norm must move by at least z * 0.05 (e.g. x1.35 at z=6) and the loss by
-# z * 1% of its running mean before anything is flagged.
+# Spike-test bands (optaxsched._spikes): the log gradient norm must move by at
+# least z * 0.05 (x1.35 at z=6) and the loss by z * 1% of its running mean
+# before anything is flagged; early in a run (or after a restart) the band is
+# widened toward the priors, 0.5 in log norm (x20 at z=6 on the second step)
+# and 10% of the loss.
 _LOG_NORM_STD_FLOOR = 0.05
+_LOG_NORM_PRIOR_STD = 0.5
 _LOSS_REL_STD_FLOOR = 0.01
+_LOSS_REL_PRIOR_STD = 0.1
 _TINY = 1e-30
 
 
@@ -59,16 +63,21 @@ class ExplosionGuardState(NamedTuple):
       consecutive_skips: skipped steps since the last accepted one.
       nonfinite_steps: steps with a non-finite gradient or loss.
       spike_steps: finite steps flagged as spikes (gradient norm or loss).
+      norm_spike_steps, loss_spike_steps: spikes of the gradient norm and of
+        the loss (a step can be both).
+      restart_steps: steps on which a statistic restarted after three spikes
+        in a row (a change of regime, applied as a normal step).
       clipped_steps: spikes rescaled to the threshold (``on_spike="clip"``).
       vanishing_steps: steps whose gradient norm was below ``vanishing_threshold``.
       last_grad_norm: this step's global gradient norm (+inf when non-finite).
-      norm_log_mean, norm_log_var: running mean and variance of log(grad norm).
-      norm_stats_count: how many steps fed the gradient-norm statistics.
-      loss_mean, loss_var: running mean and variance of the loss.
-      loss_stats_count: how many steps fed the loss statistics.
-      last_loss: this step's loss (0 when no ``value`` was passed).
+      norm_log_mean, norm_log_var, norm_stats_count: running statistics of
+        log(grad norm) and how many steps fed them.
+      norm_spike_run: gradient-norm spikes in a row.
+      loss_mean, loss_var, loss_stats_count, loss_spike_run: the same for the loss.
+      last_loss: the last finite loss (0 when no ``value`` was passed).
       recovery: the recovery rule's state; ``recovery.recovery_scale`` is the
-        multiplier applied to the inner updates.
+        multiplier applied to the inner updates, and ``recovery_burst_cuts``
+        / ``recovery_trend_cuts`` count its cuts by the test that made them.
       diverged: set after ``max_consecutive_skips`` skips in a row; sticky.
     """
 
@@ -79,43 +88,151 @@ class ExplosionGuardState(NamedTuple):
     consecutive_skips: jax.Array
     nonfinite_steps: jax.Array
     spike_steps: jax.Array
+    norm_spike_steps: jax.Array
+    loss_spike_steps: jax.Array
+    restart_steps: jax.Array
     clipped_steps: jax.Array
     vanishing_steps: jax.Array
     last_grad_norm: jax.Array
     norm_log_mean: jax.Array
     norm_log_var: jax.Array
     norm_stats_count: jax.Array
+    norm_spike_run: jax.Array
     loss_mean: jax.Array
     loss_var: jax.Array
     loss_stats_count: jax.Array
+    loss_spike_run: jax.Array
     last_loss: jax.Array
     recovery: rec.RecoveryState
     diverged: jax.Array
 
 
-def _running_stats(mean, var, count, x, accept, decay):
-    """One step of an exponentially weighted mean/variance.
+class _Config(NamedTuple):
+    """The guard's hyperparameters (Python numbers, or tracers under
+    ``optax.inject_hyperparams``)."""
 
-    The first accepted value initialises the mean (no zero-init bias). After
-    that, with d = x - mean: mean += (1 - decay) d; var = decay (var + (1 - decay) d^2)
-    (the exponentially weighted variance of West 1979 / Finch 2009).
-    Rejected steps leave everything unchanged.
-    """
-    first = count == 0
-    d = x - mean
-    new_mean = jnp.where(first, x, mean + (1.0 - decay) * d)
-    new_var = jnp.where(first, 0.0, decay * (var + (1.0 - decay) * d * d))
-    mean = jnp.where(accept, new_mean, mean)
-    var = jnp.where(accept, new_var, var)
-    count = nx.increment_where(count, accept)
-    return mean, var, count
+    z_threshold: Any
+    on_spike: str
+    watch_loss: bool
+    backoff_factor: Any
+    growth_factor: Any
+    min_scale: Any
+    max_consecutive_skips: Any
+    vanishing_threshold: Any
+    decay: Any
+
+
+def _init_state(inner_state: Any) -> ExplosionGuardState:
+    f32 = lambda: jnp.zeros((), jnp.float32)  # noqa: E731
+    i32 = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
+    return ExplosionGuardState(
+        inner_state=inner_state,
+        guard_steps=i32(), accepted_steps=i32(), skipped_steps=i32(),
+        consecutive_skips=i32(), nonfinite_steps=i32(), spike_steps=i32(),
+        norm_spike_steps=i32(), loss_spike_steps=i32(), restart_steps=i32(),
+        clipped_steps=i32(), vanishing_steps=i32(), last_grad_norm=f32(),
+        norm_log_mean=f32(), norm_log_var=f32(), norm_stats_count=i32(), norm_spike_run=i32(),
+        loss_mean=f32(), loss_var=f32(), loss_stats_count=i32(), loss_spike_run=i32(),
+        last_loss=f32(), recovery=rec.recovery_init(), diverged=jnp.zeros((), jnp.bool_),
+    )
+
+
+def _norm_stats(state):
+    return state.norm_log_mean, state.norm_log_var, state.norm_stats_count, state.norm_spike_run
+
+
+def _loss_stats(state):
+    return state.loss_mean, state.loss_var, state.loss_stats_count, state.loss_spike_run
+
+
+def _test(stats, x, valid, z, floor, prior):
+    mean, var, count, run = stats
+    return sp.spike_test(x, mean, var, count, run, valid, z=z, std_floor=floor, prior_std=prior)
+
+
+def _no_test(x):
+    no = jnp.zeros((), jnp.bool_)
+    return sp.SpikeTest(spike=no, restart=no, threshold=x)
+
+
+def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
+            cfg: _Config, has_loss: bool):
+    """The step's scalar logic, from the gradients' sum of squares and the
+    loss to the new guard state (without ``inner_state``) and the decisions
+    the per-leaf kernels read: (new state, skip, update scale, gradient scale)."""
+    z = jnp.asarray(cfg.z_threshold, jnp.float32)
+    norm = nx.safe_sqrt(sq)
+    grad_finite = jnp.isfinite(sq)
+    log_norm = jnp.log(jnp.maximum(norm, _TINY))
+    loss_finite = jnp.isfinite(loss) if has_loss else jnp.ones((), jnp.bool_)
+    finite = grad_finite & loss_finite
+
+    nt = _test(_norm_stats(state), log_norm, finite, z, _LOG_NORM_STD_FLOOR, _LOG_NORM_PRIOR_STD)
+    if has_loss and cfg.watch_loss:
+        scale_ref = jnp.abs(state.loss_mean)
+        lt = _test(_loss_stats(state), loss, finite, z,
+                   jnp.maximum(_LOSS_REL_STD_FLOOR * scale_ref, 1e-12),
+                   jnp.maximum(_LOSS_REL_PRIOR_STD * scale_ref, 1e-12))
+    else:
+        lt = _no_test(loss)
+    spike = nt.spike | lt.spike
+    restart = (nt.restart | lt.restart) & ~spike
+    event = ~finite | spike | restart
+    skip = ~finite | state.diverged
+    clip = jnp.zeros((), jnp.bool_)
+    if cfg.on_spike == "skip":
+        skip = skip | spike
+    elif cfg.on_spike == "clip":
+        clip = nt.spike & ~state.diverged
+
+    scale, recovery = rec.recovery_step(
+        state.recovery, loss=loss, accepted=finite & ~spike, event=event, has_loss=has_loss,
+        backoff_factor=cfg.backoff_factor, growth_factor=cfg.growth_factor,
+        min_scale=cfg.min_scale,
+    )
+    n_mean, n_var, n_count, n_run = sp.update_stats(
+        _norm_stats(state), log_norm, nt, finite, cfg.decay)
+    if has_loss:
+        l_mean, l_var, l_count, l_run = sp.update_stats(
+            _loss_stats(state), loss, lt, finite, cfg.decay)
+    else:
+        l_mean, l_var, l_count, l_run = _loss_stats(state)
+
+    consecutive = nx.increment_or_reset(state.consecutive_skips, skip)
+    if cfg.vanishing_threshold is None:
+        vanishing = jnp.zeros((), jnp.bool_)
+    else:
+        vanishing = grad_finite & (norm < jnp.asarray(cfg.vanishing_threshold, jnp.float32))
+    count = nx.increment_where
+    new_state = ExplosionGuardState(
+        inner_state=None,
+        guard_steps=nx.saturating_increment(state.guard_steps),
+        accepted_steps=count(state.accepted_steps, ~skip),
+        skipped_steps=count(state.skipped_steps, skip),
+        consecutive_skips=consecutive,
+        nonfinite_steps=count(state.nonfinite_steps, ~finite),
+        spike_steps=count(state.spike_steps, spike),
+        norm_spike_steps=count(state.norm_spike_steps, nt.spike),
+        loss_spike_steps=count(state.loss_spike_steps, lt.spike),
+        restart_steps=count(state.restart_steps, restart),
+        clipped_steps=count(state.clipped_steps, clip),
+        vanishing_steps=count(state.vanishing_steps, vanishing),
+        last_grad_norm=norm,
+        norm_log_mean=n_mean, norm_log_var=n_var, norm_stats_count=n_count, norm_spike_run=n_run,
+        loss_mean=l_mean, loss_var=l_var, loss_stats_count=l_count, loss_spike_run=l_run,
+        last_loss=jnp.where(loss_finite, loss, state.last_loss),
+        recovery=recovery,
+        diverged=state.diverged | (consecutive > cfg.max_consecutive_skips),
+    )
+    # Gradient multiplier: the clip factor on clipped steps, else 1.
+    gscale = jnp.where(clip, jnp.exp(nt.threshold) / jnp.maximum(norm, _TINY), 1.0)
+    return new_state, skip, scale, gscale
 
 
 def explosion_guard(
     inner: optax.GradientTransformation,
     *,
     z_threshold: float = 6.0,
-    warmup_steps: int = 50,
     on_spike: str = "skip",
     watch_loss: bool = True,
     backoff_factor: float = 0.5,
@@ -123,76 +240,76 @@ def explosion_guard(
     min_scale: float = 1e-3,
     max_consecutive_skips: int = 100,
     vanishing_threshold: float | None = None,
-    probe_steps: int = 20,
     decay: float = 0.98,
     axis_name: str | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Detects non-finite and spiking steps, skips or clips them, and backs off.
+    r"""Skips non-finite and spiking steps; backs off only when the run diverges.
 
-    Per step, from one read of the gradients :math:`g` and the loss
-    :math:`\ell` (when ``value=`` is passed):
+    Wrapped around a working recipe it changes nothing: on a healthy run the
+    updates are the inner optimizer's own, multiplied by exactly 1. Per step,
+    from one read of the gradients :math:`g` and the loss :math:`\ell` (when
+    ``value=`` is passed):
 
     .. math::
 
        n &= \|g\|_2 \ (\text{float32}), \qquad x = \log n \\
-       z_g &= (x - \mu_x) / \max(\sigma_x, 0.05), \qquad
-       z_\ell = (\ell - \mu_\ell) / \max(\sigma_\ell, 0.01|\mu_\ell|) \\
        \text{nonfinite} &= \neg\text{isfinite}(n^2) \lor \neg\text{isfinite}(\ell) \\
-       \text{spike} &= t_s \ge \text{warmup\_steps} \land (z_g > z^* \lor z_\ell > z^*)
+       \text{spike} &= x > \mu_x + z^*\tilde\sigma_x \ \lor\ \ell > \mu_\ell + z^*\tilde\sigma_\ell
 
-    (one-sided: unusually *small* norms or losses are never spikes; a NaN
-    statistic compares as a spike). :math:`\mu, \sigma^2` are exponentially
-    weighted with ``decay`` (an effective window of about
-    :math:`2/(1-\text{decay})` steps) and fed only by accepted steps; a spiking
-    step feeds them its threshold value :math:`\mu + z^*\sigma` instead of its
-    own, so a spike cannot inflate the statistics, yet a lasting change of
-    regime is followed within a few windows. Log space makes the gradient-norm
-    test scale-free.
+    where :math:`\mu, \tilde\sigma` are running statistics (decay ``decay``,
+    an effective window of about :math:`2/(1-\text{decay})` steps) fed only
+    by finite steps, with a spread that starts wide and narrows as the run
+    teaches its own (a x20 gradient is caught on the second step of a run);
+    equations in ``optaxsched._spikes``. The test is one-sided: unusually
+    *small* norms or losses are never spikes, and a NaN statistic compares
+    as one. A statistic that spikes three steps in a row has changed regime:
+    its statistics restart from the new level and the step is applied.
 
     A non-finite step is always skipped: zero updates, the inner state kept
     bitwise, counters advanced. A spike takes ``on_spike``: ``"skip"``,
-    ``"clip"`` (gradients rescaled to the norm threshold :math:`e^{\mu_x+z^*\sigma_x}`
-    and applied; a loss-only spike is applied as is) or ``"none"`` (count
-    only). Every event (non-finite or spike) multiplies the recovery scale
-    :math:`s` by ``backoff_factor`` (not below ``min_scale``); healthy steps
-    grow it back toward 1 by ``growth_factor``. The scale is also capped by a
-    ceiling :math:`c`, run like TCP's congestion window: it starts at 1/16
-    and grows geometrically to 1 over ``probe_steps`` accepted steps (a step
-    size is trusted once the smaller ones before it worked); a step that
-    overshoots multiplies it by ``backoff_factor`` and ends the probe, after
-    which it regrows by ``growth_factor ** 0.1`` per healthy step. A step
-    overshoots when the gradient norm grows by more than
-    :math:`\max(1.5, e^{4\hat\sigma})` in one step (:math:`\hat\sigma`: the
-    RMS step-to-step change of the log norm), the mark of a step beyond the
-    edge of stability, or, with ``value=``, when the 10-step loss average
-    rises above the 100-step one by more than 4 standard deviations of that
-    gap (learned from the run). Rule and equations in
-    ``optaxsched._recovery``. The inner updates are multiplied by
-    :math:`\min(s, c)`.
+    ``"clip"`` (gradients rescaled to the norm threshold
+    :math:`e^{\mu_x+z^*\tilde\sigma_x}` and applied; a loss-only spike is
+    applied as is) or ``"none"`` (count only). An isolated event changes
+    nothing else: a corrupted batch is no evidence that the learning rate is
+    too high.
+
+    The inner updates are multiplied by :math:`s \in [\text{min\_scale}, 1]`,
+    which is 1 until the run shows that its step size is too large: three
+    events within about ten steps, or (with ``value=``) a loss that climbs
+    against its own trend by more than 4 standard deviations of that trend's
+    noise. Each such cut multiplies :math:`s` by ``backoff_factor`` (cuts at
+    least 10 steps apart); every accepted step where neither test fires
+    multiplies it by ``growth_factor`` up to 1 (defaults: a cut is undone in
+    50 steps). Equations in ``optaxsched._recovery``; the state counts every
+    decision by the test that made it (``norm_spike_steps``,
+    ``loss_spike_steps``, ``nonfinite_steps``, ``restart_steps``,
+    ``recovery_burst_cuts``, ``recovery_trend_cuts``).
 
     After more than ``max_consecutive_skips`` skips in a row, ``diverged`` is
     set and every later update is zero: the training loop can see the flag
     and restore a checkpoint. (``optax.apply_if_finite`` instead gives up and
     applies the non-finite updates.)
 
+    What each knob costs: a lower ``z_threshold`` skips more healthy batches
+    (each skipped batch is lost data, never a lasting change); a smaller
+    ``backoff_factor`` or ``growth_factor`` makes a wrong cut cost more steps;
+    ``backoff_factor=1`` turns the multiplier off (skip-only guard).
+
     Args:
       inner: the optimizer to protect (a chain, ``inject_hyperparams``,
         ``partition``...). Extra arguments such as ``value=`` are forwarded.
       z_threshold: z-score above which a finite step is a spike; > 0.
-      warmup_steps: accepted steps of statistics before spikes are flagged; >= 0.
       on_spike: ``"skip"``, ``"clip"`` or ``"none"``.
       watch_loss: also test the loss for spikes when ``value=`` is passed
-        (a non-finite loss is always skipped).
-      backoff_factor: multiplier applied to the recovery scale on each event;
-        in (0, 1].
-      growth_factor: per-healthy-step growth of the recovery scale; >= 1.
-      min_scale: floor of the recovery scale; in (0, 1].
+        (a non-finite loss is always skipped, and the trend test always
+        reads the loss).
+      backoff_factor: multiplier applied to the update scale on each cut;
+        in (0, 1]; 1 never lowers it.
+      growth_factor: per-healthy-step growth of the update scale back to 1; >= 1.
+      min_scale: floor of the update scale; in (0, 1].
       max_consecutive_skips: skips in a row tolerated before ``diverged``; >= 1.
       vanishing_threshold: count steps whose gradient norm is below this;
         ``None`` disables; >= 0.
-      probe_steps: accepted steps over which the ceiling grows from 1/16 to 1
-        at the start of a run; 0 starts at 1 (no probe); >= 0. A restored
-        state carries on where it was.
       decay: decay of the running statistics; in (0, 1).
       axis_name: mapped axis to ``psum`` the squared norm over when the
         gradients are sharded inside ``shard_map``/``pmap``.
@@ -208,8 +325,8 @@ def explosion_guard(
       >>> state = opt.init(params)
       >>> grads = {"w": jnp.array([1.0, jnp.nan, 0.0])}
       >>> updates, state = opt.update(grads, state, params, value=jnp.float32(1.0))
-      >>> updates["w"], int(state.skipped_steps)
-      (Array([0., 0., 0.], dtype=float32), 1)
+      >>> updates["w"], int(state.skipped_steps), float(state.recovery.recovery_scale)
+      (Array([0., 0., 0.], dtype=float32), 1, 1.0)
 
     References:
       Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022
@@ -220,12 +337,8 @@ def explosion_guard(
       methods", 1989 (bold driver: cut the step when the loss rises).
       Wortsman et al., "Small-scale proxies for large-scale Transformer
       training instabilities", 2023 (learning-rate sensitivity).
-      Jacobson, "Congestion avoidance and control", 1988 (slow start,
-      multiplicative decrease). Cohen et al., "Gradient descent on neural
-      networks typically occurs at the edge of stability", 2021.
     """
     v.check_number(_FN, "z_threshold", z_threshold, gt=0)
-    v.check_int(_FN, "warmup_steps", warmup_steps, ge=0)
     v.check_choice(_FN, "on_spike", on_spike, _SPIKE_MODES)
     if not isinstance(watch_loss, bool):
         raise TypeError(f"{_FN}(watch_loss={watch_loss!r}): watch_loss must be a bool")
@@ -234,146 +347,17 @@ def explosion_guard(
     v.check_number(_FN, "min_scale", min_scale, gt=0, le=1)
     v.check_int(_FN, "max_consecutive_skips", max_consecutive_skips, ge=1)
     v.check_number(_FN, "vanishing_threshold", vanishing_threshold, ge=0, allow_none=True)
-    v.check_int(_FN, "probe_steps", probe_steps, ge=0)
     v.check_number(_FN, "decay", decay, gt=0, lt=1)
     if not (hasattr(inner, "init") and hasattr(inner, "update")):
         raise TypeError(
             f"{_FN}(inner={inner!r}): inner must be an optax GradientTransformation"
         )
     inner = optax.with_extra_args_support(inner)
+    cfg = _Config(z_threshold, on_spike, watch_loss, backoff_factor, growth_factor, min_scale,
+                  max_consecutive_skips, vanishing_threshold, decay)
 
     def init_fn(params):
-        f32 = lambda x=0.0: jnp.asarray(x, jnp.float32)  # noqa: E731
-        i32 = lambda: jnp.zeros((), jnp.int32)  # noqa: E731
-        return ExplosionGuardState(
-            inner_state=inner.init(params),
-            guard_steps=i32(),
-            accepted_steps=i32(),
-            skipped_steps=i32(),
-            consecutive_skips=i32(),
-            nonfinite_steps=i32(),
-            spike_steps=i32(),
-            clipped_steps=i32(),
-            vanishing_steps=i32(),
-            last_grad_norm=f32(),
-            norm_log_mean=f32(),
-            norm_log_var=f32(),
-            norm_stats_count=i32(),
-            loss_mean=f32(),
-            loss_var=f32(),
-            loss_stats_count=i32(),
-            last_loss=f32(),
-            recovery=rec.recovery_init(params, probe_steps=probe_steps),
-            diverged=jnp.zeros((), jnp.bool_),
-        )
-
-    def _decide(state, sq, loss, *, has_loss):
-        """The step's scalar logic, from the gradients' sum of squares and the
-        loss to the new guard state and the decisions the per-leaf kernels
-        read: (new state, skip, update scale, gradient scale)."""
-        z = jnp.asarray(z_threshold, jnp.float32)
-        beta = jnp.asarray(decay, jnp.float32)
-        warm = jnp.asarray(warmup_steps, jnp.int32)
-
-        norm = nx.safe_sqrt(sq)
-        grad_finite = jnp.isfinite(sq)
-        log_norm = jnp.log(jnp.maximum(norm, _TINY))
-
-        # Gradient-norm spike, one-sided, in log space.
-        norm_std = jnp.maximum(jnp.sqrt(state.norm_log_var), _LOG_NORM_STD_FLOOR)
-        norm_thr = state.norm_log_mean + z * norm_std
-        norm_ready = state.norm_stats_count >= warm
-        # `not (x <= thr)` so that a NaN compares as a spike.
-        norm_spike = norm_ready & grad_finite & ~(log_norm <= norm_thr)
-
-        if has_loss:
-            loss_finite = jnp.isfinite(loss)
-            loss_std = jnp.maximum(
-                jnp.sqrt(state.loss_var), _LOSS_REL_STD_FLOOR * jnp.abs(state.loss_mean)
-            )
-            loss_std = jnp.maximum(loss_std, 1e-12)
-            loss_thr = state.loss_mean + z * loss_std
-            loss_spike = (
-                (state.loss_stats_count >= warm) & loss_finite & ~(loss <= loss_thr)
-            )
-            if not watch_loss:
-                loss_spike = jnp.zeros((), jnp.bool_)
-        else:
-            loss_finite = jnp.ones((), jnp.bool_)
-            loss_spike = jnp.zeros((), jnp.bool_)
-
-        finite = grad_finite & loss_finite
-        spike = finite & (norm_spike | loss_spike)
-        event = ~finite | spike
-        skip = ~finite | state.diverged
-        clip = jnp.zeros((), jnp.bool_)
-        if on_spike == "skip":
-            skip = skip | spike
-        elif on_spike == "clip":
-            clip = finite & norm_spike & ~state.diverged
-
-        # Recovery scale (applied from this step on).
-        scale, recovery = rec.recovery_step(
-            state.recovery,
-            loss=loss,
-            loss_finite=loss_finite,
-            has_loss=has_loss,
-            event=event,
-            log_norm=log_norm,
-            grad_finite=grad_finite,
-            backoff_factor=backoff_factor,
-            growth_factor=growth_factor,
-            min_scale=min_scale,
-            probe_steps=probe_steps,
-        )
-
-        # Statistics: accepted values as they are; spikes contribute their
-        # threshold; non-finite values nothing.
-        norm_x = jnp.where(norm_spike, norm_thr, log_norm)
-        n_mean, n_var, n_count = _running_stats(
-            state.norm_log_mean, state.norm_log_var, state.norm_stats_count,
-            norm_x, grad_finite & loss_finite, beta,
-        )
-        if has_loss:
-            loss_x = jnp.where(loss_spike, loss_thr, loss)
-            l_mean, l_var, l_count = _running_stats(
-                state.loss_mean, state.loss_var, state.loss_stats_count,
-                loss_x, finite, beta,
-            )
-        else:
-            l_mean, l_var, l_count = state.loss_mean, state.loss_var, state.loss_stats_count
-
-        consecutive = nx.increment_or_reset(state.consecutive_skips, skip)
-        diverged = state.diverged | (consecutive > max_consecutive_skips)
-        if vanishing_threshold is None:
-            vanishing = jnp.zeros((), jnp.bool_)
-        else:
-            vanishing = grad_finite & (norm < jnp.asarray(vanishing_threshold, jnp.float32))
-        # Gradient multiplier: the clip factor on clipped steps, else 1.
-        gscale = jnp.where(clip, jnp.exp(norm_thr) / jnp.maximum(norm, _TINY), 1.0)
-
-        new_state = ExplosionGuardState(
-            inner_state=None,
-            guard_steps=nx.saturating_increment(state.guard_steps),
-            accepted_steps=nx.increment_where(state.accepted_steps, ~skip),
-            skipped_steps=nx.increment_where(state.skipped_steps, skip),
-            consecutive_skips=consecutive,
-            nonfinite_steps=nx.increment_where(state.nonfinite_steps, ~finite),
-            spike_steps=nx.increment_where(state.spike_steps, spike),
-            clipped_steps=nx.increment_where(state.clipped_steps, clip),
-            vanishing_steps=nx.increment_where(state.vanishing_steps, vanishing),
-            last_grad_norm=norm,
-            norm_log_mean=n_mean,
-            norm_log_var=n_var,
-            norm_stats_count=n_count,
-            loss_mean=l_mean,
-            loss_var=l_var,
-            loss_stats_count=l_count,
-            last_loss=jnp.where(loss_finite, loss, state.last_loss),
-            recovery=recovery,
-            diverged=diverged,
-        )
-        return new_state, skip, scale, gscale
+        return _init_state(inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         value = extra_args.get("value")
@@ -387,7 +371,7 @@ def explosion_guard(
         # logic is split into seven kernels, 0.06 s more compile time on CPU).
         sq_norm = nx.global_sq_norm(updates, axis_name)
         new_state, skip, out_scale, gscale = nx.fuse_scalars(
-            functools.partial(_decide, has_loss=has_loss),
+            functools.partial(_decide, cfg=cfg, has_loss=has_loss),
             state._replace(inner_state=None), sq_norm, loss,
         )
 

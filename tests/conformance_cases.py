@@ -116,18 +116,18 @@ if hasattr(ox, "clip_by_ema_ratio"):
 # --- guard.py ---
 if hasattr(ox, "explosion_guard"):
     # sgd with momentum is a stateful inner optimizer whose code runs under
-    # strict dtype promotion (optax.adam does not). warmup_steps=2 makes the
-    # x1e4 step of the bad sequence a detected spike.
+    # strict dtype promotion (optax.adam does not). The x1e4 step of the bad
+    # sequence is a detected spike (the guard tests from the first steps).
     _guard_inner = optax.sgd(0.1, momentum=0.9)
     _add(
         Case("explosion_guard", ox.explosion_guard,
-             dict(inner=_guard_inner, warmup_steps=2), inject=("z_threshold", "backoff_factor"),
+             dict(inner=_guard_inner), inject=("z_threshold", "backoff_factor"),
              needs_value=True),
         Case("explosion_guard_clip_no_value", ox.explosion_guard,
-             dict(inner=_guard_inner, warmup_steps=2, on_spike="clip",
+             dict(inner=_guard_inner, on_spike="clip",
                   vanishing_threshold=1e-3), inject=("min_scale",)),
         Case("explosion_guard_none", ox.explosion_guard,
-             dict(inner=_guard_inner, warmup_steps=1, on_spike="none", watch_loss=False),
+             dict(inner=_guard_inner, on_spike="none", watch_loss=False),
              needs_value=True),
     )
 # --- loss_adaptive.py ---

@@ -45,7 +45,6 @@ def _stack() -> optax.GradientTransformation:
         ox.clip_by_zscore(warmup_steps=2),
         ox.explosion_guard(
             optax.inject_hyperparams(optax.adamw)(learning_rate=schedule, weight_decay=1e-4),
-            warmup_steps=2,
         ),
         ox.scale_by_group(ox.layer_decay_rules(0.5, 1, embed_pattern=r"^w$")),
         ox.reduce_on_plateau(patience=1),
@@ -217,7 +216,7 @@ class _Net(nnx.Module):
 
 def test_nnx_optimizer_state_through_orbax(checkpointer, tmp_path):
     tx = optax.chain(
-        ox.explosion_guard(optax.adam(1e-2), warmup_steps=1), ox.reduce_on_plateau(patience=1)
+        ox.explosion_guard(optax.adam(1e-2)), ox.reduce_on_plateau(patience=1)
     )
 
     def make():

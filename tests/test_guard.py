@@ -32,9 +32,7 @@ pytestmark = pytest.mark.usefixtures("standard_promotion")
 
 @pytest.fixture(scope="module")
 def guarded():
-    opt = ox.explosion_guard(
-        optax.adam(1e-2), warmup_steps=5, max_consecutive_skips=3, probe_steps=0
-    )
+    opt = ox.explosion_guard(optax.adam(1e-2), max_consecutive_skips=3)
     return opt, jax.jit(opt.update)
 
 
@@ -65,9 +63,8 @@ def test_nonfinite_gradient_skips_and_freezes_inner_state(guarded, bad):
     # A non-finite step never moves the running statistics.
     assert float(new.norm_log_mean) == float(state.norm_log_mean)
     assert float(new.loss_mean) == float(state.loss_mean)
-    event_scale = float(state.recovery.recovery_event_scale)
-    assert float(new.recovery.recovery_event_scale) == pytest.approx(0.5 * event_scale)
-    assert float(new.recovery.recovery_scale) <= float(state.recovery.recovery_scale)
+    # An isolated fault is no evidence of a too-high learning rate.
+    assert float(new.recovery.recovery_scale) == float(state.recovery.recovery_scale) == 1.0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -82,39 +79,25 @@ def test_nonfinite_loss_skips(guarded, bad):
     assert float(new.last_loss) == float(state.last_loss)
 
 
-@pytest.mark.parametrize("probe_steps", [0, 20])
-def test_healthy_step_matches_inner_optimizer(probe_steps):
-    """The inner update times the scale in use: 1 without a probe, the
-    probe's first value 16**(1/20) / 16 with it; the inner state is the
-    inner optimizer's own."""
+def test_healthy_step_is_the_inner_optimizers_own():
+    """Multiplier exactly 1 from the first step: the updates and the inner
+    state are the inner optimizer's (to float32 rounding: the inner update
+    runs through the freezing interpreter, which may order operations
+    differently)."""
     inner = optax.adam(1e-2)
-    opt = ox.explosion_guard(inner, probe_steps=probe_steps)
+    opt = ox.explosion_guard(inner)
     params = _tree([1.0, 2.0, 3.0])
     g = _tree([0.1, -0.2, 0.3])
     u_ref, s_ref = inner.update(g, inner.init(params), params)
     u, s = opt.update(g, opt.init(params), params, value=jnp.float32(1.0))
-    scale = 16 ** (1 / probe_steps) / 16 if probe_steps else 1.0
-    assert float(s.recovery.recovery_scale) == pytest.approx(scale, rel=1e-6)
-    chex.assert_trees_all_close(u, jax.tree_util.tree_map(lambda x: x * scale, u_ref), rtol=1e-6)
-    chex.assert_trees_all_close(s.inner_state, s_ref)
+    assert float(s.recovery.recovery_scale) == 1.0
+    chex.assert_trees_all_close(u, u_ref, rtol=1e-6, atol=0)
+    chex.assert_trees_all_close(s.inner_state, s_ref, rtol=1e-6, atol=0)
     assert int(s.accepted_steps) == 1 and int(s.skipped_steps) == 0
 
 
-def test_probe_reaches_full_scale_after_probe_steps():
-    opt = ox.explosion_guard(optax.sgd(0.1), probe_steps=8)
-    params = {"w": jnp.ones(4)}
-    state = opt.init(params)
-    update = jax.jit(opt.update)
-    scales = []
-    for _ in range(10):
-        _, state = update({"w": jnp.full(4, 0.5)}, state, params, value=jnp.float32(1.0))
-        scales.append(float(state.recovery.recovery_scale))
-    np.testing.assert_allclose(scales[:8], 16 ** (np.arange(1, 9) / 8) / 16, rtol=1e-5)
-    assert scales[-1] == 1.0
-
-
 def _spike_run(on_spike, factor=1e4, loss_spike=False):
-    opt = ox.explosion_guard(optax.sgd(1.0), warmup_steps=10, on_spike=on_spike)
+    opt = ox.explosion_guard(optax.sgd(1.0), on_spike=on_spike)
     params = {"w": jnp.zeros(16, jnp.float32)}
     update = jax.jit(opt.update)
     state = opt.init(params)
@@ -133,20 +116,22 @@ def test_gradient_spike_is_skipped():
     assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
     assert not np.any(np.asarray(u["w"]))
     assert _leaves_equal(new.inner_state, state.inner_state)
-    # The spike feeds its threshold, not its own value, into the statistics.
-    assert float(new.norm_log_mean) < float(state.norm_log_mean) + 0.1
+    # A spike feeds nothing into the statistics, and changes no multiplier.
+    assert float(new.norm_log_mean) == float(state.norm_log_mean)
+    assert int(new.norm_spike_steps) == 1 and int(new.loss_spike_steps) == 0
+    assert float(new.recovery.recovery_scale) == 1.0
 
 
 def test_gradient_spike_is_clipped_to_threshold():
     state, new, g, u = _spike_run("clip")
     assert int(new.clipped_steps) == 1 and int(new.skipped_steps) == 0
-    std = max(np.sqrt(float(state.norm_log_var)), 0.05)
-    thr = np.exp(float(state.norm_log_mean) + 6.0 * std)
-    scale = float(state.recovery.recovery_scale)
+    n = int(state.norm_stats_count)
+    var = (n * max(float(state.norm_log_var), 0.05**2) + 10 * 0.5**2) / (n + 10)
+    thr = np.exp(float(state.norm_log_mean) + 6.0 * np.sqrt(var))
     got = float(jnp.linalg.norm(u["w"]))
-    # sgd(1.0) returns -g: the applied norm is the threshold times the scale in use.
-    assert got == pytest.approx(thr * float(new.recovery.recovery_scale), rel=1e-4) or \
-        got == pytest.approx(thr * scale, rel=1e-4)
+    # sgd(1.0) returns -g: the applied norm is the threshold (multiplier 1).
+    assert float(new.recovery.recovery_scale) == 1.0
+    assert got == pytest.approx(thr, rel=1e-4)
     assert got < 0.01 * float(jnp.linalg.norm(g["w"]))
 
 
@@ -160,15 +145,48 @@ def test_spike_mode_none_counts_only():
 def test_loss_spike_detected_and_skipped():
     state, new, _, u = _spike_run("skip", factor=1.0, loss_spike=True)
     assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
+    assert int(new.loss_spike_steps) == 1 and int(new.norm_spike_steps) == 0
     assert not np.any(np.asarray(u["w"]))
 
 
-def test_no_spikes_during_warmup():
-    opt = ox.explosion_guard(optax.sgd(1.0), warmup_steps=50)
+def test_spike_caught_on_the_second_step_of_a_run():
+    opt = ox.explosion_guard(optax.sgd(1.0))
+    params = {"w": jnp.zeros(4, jnp.float32)}
+    state = opt.init(params)
+    _, state = opt.update({"w": jnp.ones(4, jnp.float32)}, state, params, value=jnp.float32(2.0))
+    u, state = opt.update({"w": jnp.full(4, 1e4, jnp.float32)}, state, params,
+                          value=jnp.float32(2.0))
+    assert int(state.norm_spike_steps) == 1 and not np.any(np.asarray(u["w"]))
+
+
+def test_lasting_change_of_level_restarts_after_three_spikes_and_cuts_once():
+    """A gradient norm that jumps x100 and stays: two steps skipped, the
+    third restarts the statistics and is applied; three events in a row are
+    a burst, which halves the multiplier, and it regrows afterwards."""
+    opt = ox.explosion_guard(optax.sgd(1.0))
+    params = {"w": jnp.zeros(4, jnp.float32)}
+    state = opt.init(params)
+    update = jax.jit(opt.update)
+    rng = np.random.default_rng(0)
+    skipped, scales = [], []
+    for i in range(40):
+        level = 100.0 if i >= 20 else 1.0
+        g = {"w": jnp.asarray(level * (1 + 0.05 * rng.standard_normal(4)), jnp.float32)}
+        u, state = update(g, state, params)
+        skipped.append(not np.any(np.asarray(u["w"])))
+        scales.append(float(state.recovery.recovery_scale))
+    assert np.flatnonzero(skipped).tolist() == [20, 21]
+    assert int(state.restart_steps) == 1 and int(state.spike_steps) == 2
+    assert int(state.recovery.recovery_burst_cuts) == 1
+    assert scales[22] == 0.5 and scales[-1] > scales[23] > 0.5
+
+
+def test_steady_growth_in_the_first_steps_is_not_a_spike():
+    opt = ox.explosion_guard(optax.sgd(1.0))
     params = {"w": jnp.zeros(4, jnp.float32)}
     state = opt.init(params)
     for i in range(5):
-        g = {"w": jnp.full(4, 10.0**i, jnp.float32)}
+        g = {"w": jnp.full(4, 2.0**i, jnp.float32)}
         _, state = opt.update(g, state, params)
     assert int(state.spike_steps) == 0 and int(state.accepted_steps) == 5
 
@@ -259,8 +277,6 @@ def test_bf16_norm_does_not_overflow():
     "kwargs, match",
     [
         (dict(z_threshold=-1.0), r"explosion_guard\(z_threshold=-1.0\): z_threshold must be > 0"),
-        (dict(warmup_steps=-1), "warmup_steps must be >= 0"),
-        (dict(warmup_steps=2.5), "warmup_steps must be an integer"),
         (dict(on_spike="drop"), "on_spike must be one of"),
         (dict(backoff_factor=0.0), "backoff_factor must be > 0"),
         (dict(backoff_factor=1.5), "backoff_factor must be <= 1"),
@@ -269,8 +285,8 @@ def test_bf16_norm_does_not_overflow():
         (dict(max_consecutive_skips=0), "max_consecutive_skips must be >= 1"),
         (dict(vanishing_threshold=-1.0), "vanishing_threshold must be >= 0"),
         (dict(decay=1.0), "decay must be < 1"),
-        (dict(probe_steps=-1), "probe_steps must be >= 0"),
-        (dict(probe_steps=2.5), "probe_steps"),
+        (dict(max_consecutive_skips=2.5), "max_consecutive_skips must be an integer"),
+        (dict(probe_steps=20), "unexpected keyword argument 'probe_steps'"),
         (dict(z_threshold="6"), "z_threshold must be a number"),
         (dict(watch_loss=1), "watch_loss must be a bool"),
     ],
@@ -365,9 +381,7 @@ def test_vmap_over_runs_matches_each_run_alone():
     # Sweeps run the guard under vmap (benchmarks/stability.py does). Each run
     # must take its own decisions: here run 1 gets a NaN gradient and run 2 a
     # 1e4x spike at step 6, while run 0 stays healthy.
-    opt = ox.explosion_guard(
-        optax.adam(1e-2), warmup_steps=3, max_consecutive_skips=2, probe_steps=4
-    )
+    opt = ox.explosion_guard(optax.adam(1e-2), max_consecutive_skips=2)
     runs, steps = 3, 8
     rng = np.random.default_rng(1)
     grads = (1.0 + 0.01 * rng.normal(size=(steps, runs, 3))).astype(np.float32)

@@ -1,10 +1,10 @@
 """The recovery rule of ``explosion_guard`` (``optaxsched._recovery``).
 
 Checked against a NumPy loop written from the equations in the module
-docstring, and for its promises: the probe ramps the ceiling from 1/16 to 1
-and ends at the first overshoot; a jump of the gradient norm or a divergence
-of the loss cuts the ceiling, while noise (white, autocorrelated, drifting)
-almost never does.
+docstring, and for its promises: isolated events never change the
+multiplier, a burst of events or a loss that climbs cuts it (at most once
+per 10 steps), it regrows to 1 within 50 healthy steps, and noise (white,
+autocorrelated, drifting) almost never cuts.
 """
 
 from __future__ import annotations
@@ -21,94 +21,91 @@ from optaxsched import _recovery as R
 B, G, LO = 0.5, 2.0 ** (1 / 50), 1e-3
 
 
-def _run(losses, events, log_norms=None, probe_steps=0):
-    steps = len(losses)
-    if log_norms is None:
-        log_norms = np.zeros(steps)
-    return _scan(
-        jnp.asarray(losses, jnp.float32), jnp.asarray(events), jnp.asarray(log_norms, jnp.float32),
-        probe_steps,
-    )
+def _run(losses, events, has_loss=True):
+    losses = jnp.asarray(losses, jnp.float32)
+    events = jnp.asarray(events)
+    return (_scan_loss if has_loss else _scan_no_loss)(losses, events)
 
 
-@jax.jit
-def _scan(losses, events, log_norms, probe_steps):
+def _scan(losses, events, has_loss):
     def body(state, xs):
-        loss, event, log_norm = xs
+        loss, event = xs
+        accepted = jnp.isfinite(loss) & ~event
+        event = event | ~jnp.isfinite(loss)
         scale, state = R.recovery_step(
-            state, loss=loss, loss_finite=jnp.isfinite(loss), has_loss=True, event=event,
-            log_norm=log_norm, grad_finite=jnp.isfinite(log_norm),
-            backoff_factor=B, growth_factor=G, min_scale=LO, probe_steps=probe_steps,
+            state, loss=loss, accepted=accepted, event=event, has_loss=has_loss,
+            backoff_factor=B, growth_factor=G, min_scale=LO,
         )
-        return state, (scale, state.recovery_ceiling)
+        return state, scale
 
-    init = R.recovery_init(probe_steps=probe_steps)
-    return jax.lax.scan(body, init, (losses, events, log_norms))
+    return jax.lax.scan(body, R.recovery_init(), (losses, events))
+
+
+_scan_loss = jax.jit(lambda loss, e: _scan(loss, e, True))
+_scan_no_loss = jax.jit(lambda loss, e: _scan(loss, e, False))
 
 
 def _bc(avg, decay, count):
     return avg / (1 - decay**count) if count > 0 else avg
 
 
-def _reference(losses, events, log_norms=None, probe_steps=0):
-    """NumPy transcription of the module docstring's equations."""
-    if log_norms is None:
-        log_norms = np.zeros(len(losses))
-    fast = slow = gmean = gvar = jit_l = jit_g = 0.0
-    n = norm_steps = cuts = 0
-    last_x = last_loss = last_change = 0.0
-    e = 1.0
-    c = 1 / 16 if probe_steps else 1.0
-    scales, ceilings = [], []
-    for loss, event, x in zip(losses, events, log_norms):
-        e = max(LO, B * e) if event else min(1.0, G * e)
-        ok = np.isfinite(loss) and np.isfinite(x) and not event
-        if ok:
-            # Gradient amplification against the jitter of the log norm.
-            changes = norm_steps - 1
-            tau = max(math.log(1.5), 4 * math.sqrt(_bc(jit_g, 0.98, changes)))
-            amplified = changes >= 2 and x - last_x > tau
-            if norm_steps > 0:
-                jit_g = 0.98 * jit_g + 0.02 * min((x - last_x) ** 2, math.log(1.5) ** 2)
-            norm_steps += 1
-            last_x = x
-            # Loss divergence.
-            prev = n
-            n += 1
-            fast = 0.9 * fast + 0.1 * loss
-            slow = 0.99 * slow + 0.01 * loss
-            m = slow / (1 - 0.99**n)
-            gap = fast / (1 - 0.9**n) - m
-            mu = _bc(gmean, 0.99, prev)
-            var = _bc(gvar, 0.99, prev)
-            change = loss - last_loss if prev else 0.0
-            sd = max(math.sqrt(var), 1e-3 * abs(m),
-                     math.sqrt(0.0393 / 6) * math.sqrt(_bc(jit_l, 0.99, prev - 2)))
-            z = (gap - mu) / sd if prev else 0.0
-            diverging = prev >= 3 and not z <= 4.0
-            if prev > 1:
-                curv = change - last_change
-                if prev > 2:
-                    bar = 4 * math.sqrt(_bc(jit_l, 0.99, prev - 2))
-                    curv = min(max(curv, -bar), bar)
-                jit_l = 0.99 * jit_l + 0.01 * curv**2
-            last_loss, last_change = loss, change
-            x_gap = min(max(gap, mu - 4 * sd), mu + 4 * sd) if prev else gap
-            gmean = 0.99 * gmean + 0.01 * x_gap
-            dev = x_gap - gmean / (1 - 0.99**n)
-            if prev:
-                dev = min(max(dev, -2 * sd), 2 * sd)
-            gvar = 0.99 * gvar + 0.01 * dev * dev
-            if amplified or diverging:
-                c = max(LO, B * c)
-                cuts += 1
-            elif probe_steps and cuts == 0:
-                c = min(1.0, c * 16 ** (1 / probe_steps))
-            else:
-                c = min(1.0, c * G**0.1)
-        scales.append(min(e, c))
-        ceilings.append(c)
-    return np.array(scales), np.array(ceilings)
+def _trend_reference():
+    """NumPy transcription of the loss-divergence test: a closure fed one
+    accepted loss at a time, returning whether the test fires."""
+    st = dict(fast=0.0, slow=0.0, gmean=0.0, gvar=0.0, jit=0.0, n=0, last=0.0, change=0.0,
+              gap=0.0)
+
+    def feed(loss):
+        prev = st["n"]
+        st["n"] = n = prev + 1
+        st["fast"] = 0.9 * st["fast"] + 0.1 * loss
+        st["slow"] = 0.99 * st["slow"] + 0.01 * loss
+        m = st["slow"] / (1 - 0.99**n)
+        gap = st["fast"] / (1 - 0.9**n) - m
+        mu, var = _bc(st["gmean"], 0.99, prev), _bc(st["gvar"], 0.99, prev)
+        change = loss - st["last"] if prev else 0.0
+        jitter = _bc(st["jit"], 0.99, prev - 2)
+        sd = max(math.sqrt(var), 1e-3 * abs(m), math.sqrt(0.0393 / 6) * math.sqrt(jitter))
+        z = (gap - mu) / sd if prev else 0.0
+        diverging = prev >= 3 and not z <= 4.0 and not gap <= st["gap"]
+        st["gap"] = gap
+        if prev > 1:
+            curv = change - st["change"]
+            if prev > 2:
+                curv = min(max(curv, -4 * math.sqrt(jitter)), 4 * math.sqrt(jitter))
+            st["jit"] = 0.99 * st["jit"] + 0.01 * curv**2
+        st["last"], st["change"] = loss, change
+        x_gap = min(max(gap, mu - 4 * sd), mu + 4 * sd) if prev else gap
+        st["gmean"] = 0.99 * st["gmean"] + 0.01 * x_gap
+        dev = x_gap - st["gmean"] / (1 - 0.99**n)
+        if prev:
+            dev = min(max(dev, -2 * sd), 2 * sd)
+        st["gvar"] = 0.99 * st["gvar"] + 0.01 * dev * dev
+        return diverging
+
+    return feed
+
+
+def _reference(losses, events, has_loss=True):
+    """NumPy transcription of the module docstring's rule."""
+    trend_test = _trend_reference()
+    s, load, since_cut, burst_cuts, trend_cuts = 1.0, 0.0, 10, 0, 0
+    scales = []
+    for loss, event in zip(losses, events):
+        since_cut += 1
+        event = bool(event) or not np.isfinite(loss)
+        accepted = not event
+        load = 0.9 * load + float(event)
+        burst = event and load >= 2.0
+        trend = has_loss and accepted and trend_test(loss)
+        if since_cut >= 10 and burst:
+            s, since_cut, burst_cuts = max(LO, B * s), 0, burst_cuts + 1
+        elif since_cut >= 10 and trend:
+            s, since_cut, trend_cuts = max(LO, B * s), 0, trend_cuts + 1
+        elif accepted and not trend and not burst:
+            s = min(1.0, G * s)
+        scales.append(s)
+    return np.array(scales), burst_cuts, trend_cuts
 
 
 def _divergent_losses(rng, steps=400, turn=150, rate=0.03):
@@ -119,62 +116,45 @@ def _divergent_losses(rng, steps=400, turn=150, rate=0.03):
     return base + climb + 0.03 * rng.standard_normal(steps)
 
 
-@pytest.mark.parametrize("probe_steps", [0, 20])
-def test_matches_numpy_reference_with_events_and_nans(probe_steps):
+
+@pytest.mark.parametrize("has_loss", [True, False])
+def test_matches_numpy_reference_with_events_and_nans(has_loss):
     rng = np.random.default_rng(0)
     losses = _divergent_losses(rng)
     losses[[20, 90]] = [np.nan, np.inf]
-    log_norms = 0.05 * rng.standard_normal(len(losses))
-    log_norms[[2, 12, 60, 61, 300]] += [0.9, 0.6, 0.3, 0.9, 0.5]  # x2.5 (too early), x1.8, ...
-    log_norms[100:200] += 0.3 * rng.standard_normal(100)  # a noisy stretch raises the bar
-    log_norms[45] = np.inf
     events = np.zeros(len(losses), bool)
-    events[[20, 90, 200, 201]] = True
-    args = (losses.astype(np.float32).astype(np.float64), events,
-            log_norms.astype(np.float32).astype(np.float64), probe_steps)
-    (scale, ceiling) = _run(*args)[1]
-    ref_scale, ref_ceiling = _reference(*args)
-    np.testing.assert_allclose(np.asarray(ceiling), ref_ceiling, rtol=2e-4)
-    np.testing.assert_allclose(np.asarray(scale), ref_scale, rtol=2e-4)
-    assert ref_ceiling.min() < 0.5  # the climb was detected
-    assert ref_ceiling[9] == pytest.approx(0.25 if probe_steps else 1.0)  # 10 steps of probe
+    events[[30, 60, 100, 101, 103, 106, 115, 116, 117]] = True  # isolated, then two bursts
+    losses = losses.astype(np.float32).astype(np.float64)
+    state, scale = _run(losses, events, has_loss)
+    ref, burst_cuts, trend_cuts = _reference(losses, events, has_loss)
+    np.testing.assert_allclose(np.asarray(scale), ref, rtol=2e-5)
+    assert int(state.recovery_burst_cuts) == burst_cuts == 2
+    assert int(state.recovery_trend_cuts) == trend_cuts
+    assert (trend_cuts > 0) == has_loss  # the climb from step 150 was found
+    assert ref[:100].min() == 1.0  # isolated events and NaNs change nothing
 
 
-def test_probe_ramps_to_one_and_ends_at_the_first_overshoot():
-    steps = 60
-    losses = 3.0 - 0.01 * np.arange(steps)
-    flat = np.zeros(steps)
-    _, (_, ceiling) = _run(losses, np.zeros(steps, bool), flat, probe_steps=20)
-    ceiling = np.asarray(ceiling)
-    np.testing.assert_allclose(ceiling[:19], 16 ** (np.arange(1, 20) / 20) / 16, rtol=1e-5)
-    np.testing.assert_allclose(ceiling[19:], 1.0, rtol=1e-5)
-    assert np.all(ceiling[20:] == 1.0)
-    jump = flat.copy()
-    jump[12:] += 0.5  # x1.65 at step 12: the probe stops and halves
-    _, (_, ceiling) = _run(losses, np.zeros(steps, bool), jump, probe_steps=20)
-    ceiling = np.asarray(ceiling)
-    assert ceiling[12] == pytest.approx(0.5 * ceiling[11])
-    up = ceiling[13:] / ceiling[12:-1]
-    np.testing.assert_allclose(up, G**0.1, rtol=1e-5)  # healing, not probing
+def test_isolated_events_never_change_the_multiplier():
+    steps = 200
+    events = np.zeros(steps, bool)
+    events[::7] = True  # one event every 7 steps: load stays below 2
+    state, scale = _run(np.full(steps, 2.0), events)
+    assert np.all(np.asarray(scale) == 1.0)
+    assert int(state.recovery_burst_cuts) == 0
 
 
-@pytest.mark.parametrize("growth, cuts", [(1.45, 0), (1.55, 1)])
-def test_gradient_norm_growing_by_half_in_one_step_cuts(growth, cuts):
-    steps = 40
-    log_norms = np.zeros(steps)
-    log_norms[20:] = math.log(growth)
-    state, _ = _run(np.full(steps, 2.0), np.zeros(steps, bool), log_norms)
-    assert int(state.recovery_divergences) == cuts
-
-
-def test_a_noisy_gradient_norm_raises_the_bar():
-    """Log norms wandering by 0.2 per step (x1.2, a small batch): the step
-    changes often exceed x1.5, yet 2000 steps give at most 2 cuts."""
-    steps = 2000
-    log_norms = 0.2 * np.random.default_rng(3).standard_normal(steps)
-    assert np.sum(np.diff(log_norms) > math.log(1.5)) > 50
-    state, _ = _run(np.full(steps, 2.0), np.zeros(steps, bool), log_norms)
-    assert int(state.recovery_divergences) <= 2
+def test_burst_cuts_once_per_refractory_gap_and_regrows_in_50_steps():
+    steps = 120
+    events = np.zeros(steps, bool)
+    events[10:25] = True  # fifteen events in a row
+    state, scale = _run(np.full(steps, 2.0), events)
+    scale = np.asarray(scale)
+    assert scale[11] == 1.0 and scale[12] == 0.5  # the third event in a row cuts
+    assert scale[22] == 0.25  # ten steps later, the next cut
+    assert int(state.recovery_burst_cuts) == 2
+    np.testing.assert_allclose(scale[24], 0.25)  # no regrowth during the burst
+    np.testing.assert_allclose(scale[25:35] / scale[24:34], G, rtol=1e-6)
+    assert scale[-1] == pytest.approx(min(1.0, 0.25 * G ** (steps - 25)), rel=1e-4)
 
 
 def test_noisy_loss_early_is_not_a_climb_but_a_smooth_one_turning_up_is():
@@ -182,30 +162,33 @@ def test_noisy_loss_early_is_not_a_climb_but_a_smooth_one_turning_up_is():
     steps = 40
     noisy = 1.5 * (1 + 0.3 * rng.standard_normal(steps))  # loss from batch to batch
     state, _ = _run(noisy, np.zeros(steps, bool))
-    assert int(state.recovery_divergences) == 0
+    assert int(state.recovery_trend_cuts) == 0
     t = np.arange(steps)
     smooth = 4.2 - 0.1 * np.minimum(t, 5) + 0.15 * np.maximum(t - 5, 0)  # falls, then climbs
-    state, (_, ceiling) = _run(smooth, np.zeros(steps, bool))
-    assert int(np.argmax(np.asarray(ceiling) < 1.0)) <= 10  # 4 steps into the climb
+    state, scale = _run(smooth, np.zeros(steps, bool))
+    assert int(np.argmax(np.asarray(scale) < 1.0)) <= 10  # 4 steps into the climb
 
 
 @pytest.mark.parametrize("rate, stop, within", [(0.03, 300, 40), (0.3, 160, 6)])
-def test_divergence_cuts_the_ceiling_and_it_heals_slowly(rate, stop, within):
+def test_divergence_cuts_and_the_multiplier_regrows(rate, stop, within):
     """A steady climb of 1.5% of the loss per step is found within 40 steps;
     a jump of 15% per step for ten steps (as at a too-high learning rate),
-    within 6."""
+    within 6. Cuts are at least 10 steps apart; once the climb stops the
+    multiplier regrows by growth_factor per step."""
     rng = np.random.default_rng(1)
-    losses = _divergent_losses(rng, steps=300, turn=150, rate=rate)
-    losses[stop:] -= rate * np.arange(300 - stop)  # the climb stops, the loss stays high
-    state, (scale, ceiling) = _run(losses, np.zeros(300, bool))
-    ceiling = np.asarray(ceiling)
-    assert ceiling[:150].min() == 1.0  # no cut while the loss falls
-    first = int(np.argmax(ceiling < 1.0))
+    losses = _divergent_losses(rng, steps=400, turn=150, rate=rate)
+    losses[stop:] -= rate * np.arange(400 - stop)  # the climb stops, the loss stays high
+    state, scale = _run(losses, np.zeros(400, bool))
+    scale = np.asarray(scale)
+    assert scale[:150].min() == 1.0  # no cut while the loss falls
+    first = int(np.argmax(scale < 1.0))
     assert 150 < first <= 150 + within
-    assert int(state.recovery_divergences) >= 1
-    # Healing is ten times slower than the event scale's regrowth.
-    up = ceiling[1:] / ceiling[:-1]
-    assert np.all(up[up > 1.0] <= G**0.1 + 1e-6)
+    cuts = np.flatnonzero(scale[1:] < scale[:-1]) + 1
+    assert np.all(np.diff(cuts) >= 10)
+    up = scale[1:] / scale[:-1]
+    np.testing.assert_allclose(up[up > 1.0], G, rtol=1e-5)
+    if stop < 300:
+        assert scale[-1] == 1.0  # healed after the climb
 
 
 def _ar1(rng, steps, phi):
@@ -219,7 +202,7 @@ def _ar1(rng, steps, phi):
 @pytest.mark.parametrize("kind", ["white", "white_decreasing", "ar1_0.9", "drift"])
 def test_noise_almost_never_cuts(kind):
     """20k steps of noise around a flat or slowly falling level: a handful of
-    false alarms at most, and the ceiling ends where it started."""
+    false alarms at most, and the multiplier is 1 nearly all the time."""
     rng = np.random.default_rng(2)
     steps = 20_000
     t = np.arange(steps)
@@ -230,31 +213,9 @@ def test_noise_almost_never_cuts(kind):
         noise = 0.07 * rng.standard_normal(steps) + 0.02 * _ar1(rng, steps, 0.99)
     else:
         noise = 0.07 * rng.standard_normal(steps)
-    state, (scale, _) = _run(level + noise, np.zeros(steps, bool))
-    assert int(state.recovery_divergences) <= 30
-    assert float(np.asarray(scale)[-2000:].mean()) > 0.9
-
-
-def test_without_value_the_loss_test_is_off():
-    state = R.recovery_init()
-    for event in (True, True, False):
-        scale, state = R.recovery_step(
-            state, loss=jnp.float32(0.0), loss_finite=jnp.bool_(True), has_loss=False,
-            event=jnp.bool_(event), log_norm=jnp.float32(0.0), grad_finite=jnp.bool_(True),
-            backoff_factor=B, growth_factor=G, min_scale=LO,
-            probe_steps=0,
-        )
-    assert float(scale) == pytest.approx(0.25 * G)
-    assert float(state.recovery_ceiling) == 1.0
-    assert int(state.recovery_losses) == 0
-    # The gradient test still works without a loss.
-    for log_norm in [0.0] * 8 + [1.0]:
-        scale, state = R.recovery_step(
-            state, loss=jnp.float32(0.0), loss_finite=jnp.bool_(True), has_loss=False,
-            event=jnp.bool_(False), log_norm=jnp.float32(log_norm), grad_finite=jnp.bool_(True),
-            backoff_factor=B, growth_factor=G, min_scale=LO, probe_steps=0,
-        )
-    assert float(state.recovery_ceiling) == 0.5
+    state, scale = _run(level + noise, np.zeros(steps, bool))
+    assert int(state.recovery_trend_cuts) <= 30
+    assert float(np.mean(np.asarray(scale) == 1.0)) > 0.9
 
 
 def test_init_fields_are_distinct_arrays():
