@@ -1,6 +1,6 @@
 r"""Spike detection for ``explosion_guard``: running statistics and a one-sided
 z-score test, one pair of functions used for both the log gradient norm and
-the loss.
+the log loss.
 
 **Running statistics.** Each statistic keeps a mean :math:`\mu`, a variance
 :math:`\sigma^2` and a count :math:`n` of the values it was fed. A value
@@ -30,8 +30,13 @@ prior :math:`\sigma_0^2` worth :math:`n_0 = 10` values,
 :math:`\sigma_0 = 0.5` and :math:`\sigma_{\min} = 0.05`: with
 :math:`z^* = 6` the second step of a run is a spike only when its gradient
 norm is about 17 times the first, and the bar tightens as the run teaches
-its own spread, never below a factor :math:`e^{0.3} = 1.35`. For the loss,
-:math:`\sigma_0 = 0.1|\mu|` and :math:`\sigma_{\min} = 0.01|\mu|`. A spike
+its own spread, never below a factor :math:`e^{0.3} = 1.35`. For the log
+loss, :math:`\sigma_0 = 0.1` and :math:`\sigma_{\min} = 0.01` (the second
+step is a spike above 1.8 times the first loss, and the bar never falls
+below a factor 1.06). Both statistics are logs because both values are
+positive and skewed: a minibatch loss that is 0.001 on most steps and 3 when
+one example of a small batch is misclassified is ordinary data, which a test
+on the loss itself flags as a ten-standard-deviation outlier. A spike
 feeds nothing to the statistics, so one outlier cannot widen the band for
 the next (a lasting change is taken up by the restart below).
 

@@ -62,7 +62,7 @@ def test_nonfinite_gradient_skips_and_freezes_inner_state(guarded, bad):
     assert int(new.guard_steps) == int(state.guard_steps) + 1
     # A non-finite step never moves the running statistics.
     assert float(new.norm_log_mean) == float(state.norm_log_mean)
-    assert float(new.loss_mean) == float(state.loss_mean)
+    assert float(new.loss_log_mean) == float(state.loss_log_mean)
     # An isolated fault is no evidence of a too-high learning rate.
     assert float(new.recovery.recovery_scale) == float(state.recovery.recovery_scale) == 1.0
 
@@ -147,6 +147,37 @@ def test_loss_spike_detected_and_skipped():
     assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
     assert int(new.loss_spike_steps) == 1 and int(new.norm_spike_steps) == 0
     assert not np.any(np.asarray(u["w"]))
+
+
+def _loss_run(losses):
+    """The guard's loss counters after a run of ``losses`` with steady gradients."""
+    opt = ox.explosion_guard(optax.sgd(1.0))
+    params = {"w": jnp.zeros(4, jnp.float32)}
+
+    def step(state, loss):
+        _, state = opt.update({"w": jnp.ones(4, jnp.float32)}, state, params, value=loss)
+        return state, None
+
+    run = jax.jit(lambda xs: jax.lax.scan(step, opt.init(params), xs)[0])
+    return run(jnp.asarray(losses, jnp.float32))
+
+
+def test_loss_spike_test_reads_log_loss():
+    """Skewed minibatch losses (0.001-0.2, and 3-4 when one example of a
+    small batch is wrong) are ordinary data; a narrow loss that jumps x1.5 is
+    a spike; a loss <= 0 is neither tested nor fed to the statistics."""
+    rng = np.random.default_rng(0)
+    skewed = np.exp(rng.uniform(np.log(1e-3), np.log(0.2), 400))
+    skewed[rng.choice(400, 12, replace=False)] = rng.uniform(3.0, 4.0, 12)
+    narrow = 2.5 + 0.02 * rng.standard_normal(400)
+    narrow[300] = 3.75
+    signed = narrow - 3.0  # mostly negative
+    s_skewed, s_narrow, s_signed = (_loss_run(x) for x in (skewed, narrow, signed))
+    assert int(s_skewed.loss_spike_steps) == 0
+    assert int(s_narrow.loss_spike_steps) == 1 and int(s_narrow.skipped_steps) == 1
+    n_positive = int(np.sum(signed > 0))
+    assert int(s_signed.loss_stats_count) <= n_positive
+    assert int(s_signed.accepted_steps) + int(s_signed.skipped_steps) == 400
 
 
 def test_spike_caught_on_the_second_step_of_a_run():

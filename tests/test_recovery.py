@@ -33,7 +33,8 @@ def _scan(losses, events, has_loss):
         accepted = jnp.isfinite(loss) & ~event
         event = event | ~jnp.isfinite(loss)
         scale, state = R.recovery_step(
-            state, loss=loss, accepted=accepted, event=event, has_loss=has_loss,
+            state, log_loss=jnp.log(loss), loss_ok=loss > 0, accepted=accepted, event=event,
+            has_loss=has_loss,
             backoff_factor=B, growth_factor=G, min_scale=LO,
         )
         return state, scale
@@ -53,7 +54,7 @@ def _trend_reference():
     """NumPy transcription of the loss-divergence test: a closure fed one
     accepted loss at a time, returning whether the test fires."""
     st = dict(fast=0.0, slow=0.0, gmean=0.0, gvar=0.0, jit=0.0, n=0, last=0.0, change=0.0,
-              gap=0.0)
+              gap=0.0, rising=False)
 
     def feed(loss):
         prev = st["n"]
@@ -65,10 +66,11 @@ def _trend_reference():
         mu, var = _bc(st["gmean"], 0.99, prev), _bc(st["gvar"], 0.99, prev)
         change = loss - st["last"] if prev else 0.0
         jitter = _bc(st["jit"], 0.99, prev - 2)
-        sd = max(math.sqrt(var), 1e-3 * abs(m), math.sqrt(0.0393 / 6) * math.sqrt(jitter))
+        sd = max(math.sqrt(var), 1e-3, math.sqrt(0.0393 / 6) * math.sqrt(jitter))
         z = (gap - mu) / sd if prev else 0.0
-        diverging = prev >= 3 and not z <= 4.0 and not gap <= st["gap"]
-        st["gap"] = gap
+        rising = prev >= 3 and not z <= 4.0 and not gap <= st["gap"]
+        diverging = rising and st["rising"]
+        st["gap"], st["rising"] = gap, rising
         if prev > 1:
             curv = change - st["change"]
             if prev > 2:
@@ -97,7 +99,7 @@ def _reference(losses, events, has_loss=True):
         accepted = not event
         load = 0.9 * load + float(event)
         burst = event and load >= 2.0
-        trend = has_loss and accepted and trend_test(loss)
+        trend = has_loss and accepted and loss > 0 and trend_test(math.log(loss))
         if since_cut >= 10 and burst:
             s, since_cut, burst_cuts = max(LO, B * s), 0, burst_cuts + 1
         elif since_cut >= 10 and trend:
@@ -166,14 +168,14 @@ def test_noisy_loss_early_is_not_a_climb_but_a_smooth_one_turning_up_is():
     t = np.arange(steps)
     smooth = 4.2 - 0.1 * np.minimum(t, 5) + 0.15 * np.maximum(t - 5, 0)  # falls, then climbs
     state, scale = _run(smooth, np.zeros(steps, bool))
-    assert int(np.argmax(np.asarray(scale) < 1.0)) <= 10  # 4 steps into the climb
+    assert int(np.argmax(np.asarray(scale) < 1.0)) <= 11  # 5 steps into the climb
 
 
-@pytest.mark.parametrize("rate, stop, within", [(0.03, 300, 40), (0.3, 160, 6)])
+@pytest.mark.parametrize("rate, stop, within", [(0.03, 300, 40), (0.3, 160, 7)])
 def test_divergence_cuts_and_the_multiplier_regrows(rate, stop, within):
     """A steady climb of 1.5% of the loss per step is found within 40 steps;
     a jump of 15% per step for ten steps (as at a too-high learning rate),
-    within 6. Cuts are at least 10 steps apart; once the climb stops the
+    within 7. Cuts are at least 10 steps apart; once the climb stops the
     multiplier regrows by growth_factor per step."""
     rng = np.random.default_rng(1)
     losses = _divergent_losses(rng, steps=400, turn=150, rate=rate)
@@ -199,25 +201,55 @@ def _ar1(rng, steps, phi):
     return x
 
 
-@pytest.mark.parametrize("kind", ["white", "white_decreasing", "ar1_0.9", "drift"])
-def test_noise_almost_never_cuts(kind):
-    """20k steps of noise around a flat or slowly falling level: a handful of
-    false alarms at most, and the multiplier is 1 nearly all the time."""
+@pytest.mark.parametrize(
+    "kind, most",
+    [("white", 0), ("white_decreasing", 0), ("student_t3", 1), ("ar1_0.9", 15), ("drift", 15)],
+)
+def test_noise_almost_never_cuts(kind, most):
+    """20k steps of log-loss noise around a flat or slowly falling level:
+    no false alarm on white noise, even heavy-tailed; a few on a loss that
+    wanders (an AR(1) excursion of ten steps is a small climb), and the
+    multiplier is 1 nearly all the time."""
     rng = np.random.default_rng(2)
     steps = 20_000
     t = np.arange(steps)
     level = 2.0 + (1.0 / np.sqrt(1.0 + t / 100.0) if kind == "white_decreasing" else 0.0)
     if kind == "ar1_0.9":
         noise = 0.07 * _ar1(rng, steps, 0.9)
+    elif kind == "student_t3":
+        noise = 0.04 * rng.standard_t(3, steps)
     elif kind == "drift":
         noise = 0.07 * rng.standard_normal(steps) + 0.02 * _ar1(rng, steps, 0.99)
     else:
         noise = 0.07 * rng.standard_normal(steps)
     state, scale = _run(level + noise, np.zeros(steps, bool))
-    assert int(state.recovery_trend_cuts) <= 30
-    assert float(np.mean(np.asarray(scale) == 1.0)) > 0.9
+    assert int(state.recovery_trend_cuts) <= most
+    assert float(np.mean(np.asarray(scale) == 1.0)) > 0.95
 
 
 def test_init_fields_are_distinct_arrays():
     leaves = jax.tree_util.tree_leaves(R.recovery_init())
     assert len({id(x) for x in leaves}) == len(leaves)
+
+
+def test_skewed_minibatch_losses_rarely_cut_and_nonpositive_losses_are_not_read():
+    """Late in a classifier's run most small batches have a loss near 0.001
+    (log-loss spread about 2, as measured on the suite's digits MLPs) and a
+    few (a misclassified example) near 3: no false cut on the log-normal
+    part, and at most one per 10,000 steps when 1% of the batches are such
+    outliers (two in a row widen the gap twice). A loss <= 0 has no log; it
+    is not fed to the trend test."""
+    cuts = {0.0: 0, 0.01: 0}
+    for frac in cuts:
+        for seed in range(10):
+            rng = np.random.default_rng(seed)
+            steps = 3000
+            skewed = np.exp(rng.normal(np.log(1e-3), 2.0, steps))
+            hard = rng.random(steps) < frac
+            skewed[hard] = rng.uniform(1.0, 4.0, hard.sum())
+            state, _ = _run(skewed, np.zeros(steps, bool))
+            cuts[frac] += int(state.recovery_trend_cuts)
+    assert cuts[0.0] == 0 and cuts[0.01] <= 3
+    climbing_below_zero = -5.0 + 0.03 * np.arange(150.0)  # climbs, but stays <= 0
+    state, scale = _run(climbing_below_zero, np.zeros(150, bool))
+    assert int(state.recovery_losses) == 0 and int(state.recovery_trend_cuts) == 0
