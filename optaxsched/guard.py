@@ -192,7 +192,7 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
         clip = nt.spike & ~state.diverged
 
     scale, recovery = rec.recovery_step(
-        state.recovery, log_loss=log_loss, loss_ok=loss > 0, accepted=finite & ~spike,
+        state.recovery, log_loss=log_loss, loss_ok=loss_tested, accepted=finite & ~spike,
         event=event, has_loss=has_loss,
         backoff_factor=cfg.backoff_factor, growth_factor=cfg.growth_factor,
         min_scale=cfg.min_scale,
