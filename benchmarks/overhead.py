@@ -9,7 +9,7 @@ StableHLO and XLA's compilation (``jit(...).trace(...).lower().compile()``).
 
 The update-only step is the worst case for the compile ratio: Adam alone
 compiles to about 34 HLO operations per leaf and almost nothing else, so the
-guard's scalar logic (about 540 operations, all in one fused kernel) and its
+guard's scalar logic (about 615 operations, all in one fused kernel) and its
 extra operations per leaf (the norm's reduction, the state selects, the
 output select) weigh most; ``compile_cost.py`` takes that apart. The
 ``floor`` arm (``norm_floor``) does only what the guard cannot avoid -- the
