@@ -96,6 +96,10 @@ def loss_fn(params: dict, seqs: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------- training
 
 
+REASONS = ("nonfinite_steps", "norm_spike_steps", "loss_spike_steps", "restart_steps",
+           "recovery_burst_cuts", "recovery_trend_cuts")
+
+
 def train(tx: optax.GradientTransformation, data: np.ndarray, faults: dict[int, float],
           name: str, log_every: int) -> dict[str, np.ndarray]:
     """Trains from the same initialisation; returns per-step records."""
@@ -124,6 +128,10 @@ def train(tx: optax.GradientTransformation, data: np.ndarray, faults: dict[int, 
         if t % log_every == 0 or t == len(data) - 1:
             print(f"  [{name}] step {t:4d}  loss {float(loss):8.3f}  scale {float(scale):.3f}  "
                   f"skipped {int(skipped)}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+    # The guard counts each decision by the test that made it.
+    reasons = {k.split("/")[-1]: int(v) for k, v in stats.items() if k.split("/")[-1] in REASONS}
+    if reasons:
+        print(f"  [{name}] decisions: " + ", ".join(f"{k} {v}" for k, v in reasons.items()))
     leaves = jax.tree_util.tree_leaves(params)
     rec["params_finite"] = bool(all(np.isfinite(x).all() for x in leaves))
     rec["final_params"] = params
