@@ -234,25 +234,33 @@ def _classifier(apply: Callable, reshape: Callable = lambda x: x):
     return loss, evaluate
 
 
-def _digits_mlp(name, seeds, *, sizes, steps, batch, lrs, optimizer, schedule, summary):
+def _digits(name, seeds, *, steps, batch, apply, reshape=lambda x: x, **fields) -> Problem:
+    """A classifier on sklearn digits: batches are index draws reshuffled each
+    epoch (per seed), the evaluation set is the fixed test split."""
     (xtr, ytr), (xte, yte) = digits_split()
-    loss, evaluate = _classifier(_models.mlp_apply)
+    loss, evaluate = _classifier(apply, reshape)
     return Problem(
         name=name,
-        summary=f"{'-'.join(map(str, sizes))} ReLU MLP on sklearn digits ({len(ytr)} train / "
-        f"{len(yte)} test); {summary}; {steps} steps, batch {batch}",
         steps=steps,
-        lrs=lrs,
-        optimizer=optimizer,
-        schedule=schedule,
-        init=lambda key: _models.mlp_init(key, sizes),
         loss=loss,
         evaluate=evaluate,
         batches=np.stack([epoch_batches(len(ytr), steps, batch, 100 + s) for s in seeds]),
         eval_data=(xte, yte),
         consts=(xtr, ytr),
         has_accuracy=True,
+        **fields,
     )
+
+
+def _digits_mlp(name, seeds, *, sizes, steps, batch, lrs, optimizer, schedule, summary):
+    (_, ytr), (_, yte) = digits_split()
+    return _digits(
+        name, seeds, steps=steps, batch=batch, apply=_models.mlp_apply,
+        summary=f"{'-'.join(map(str, sizes))} ReLU MLP on sklearn digits ({len(ytr)} train / "
+        f"{len(yte)} test); {summary}; {steps} steps, batch {batch}",
+        lrs=lrs, optimizer=optimizer, schedule=schedule,
+        init=lambda key: _models.mlp_init(key, sizes),
+    )  # fmt: skip
 
 
 def digits_mlp_sgd(seeds: list[int], quick: bool) -> Problem:
@@ -289,27 +297,18 @@ def long_mlp(seeds: list[int], quick: bool) -> Problem:
 def digits_vit(seeds: list[int], quick: bool) -> Problem:
     cfg = _models.ViTConfig(heads=2)
     steps, batch = (100 if quick else 500), 32
-    (xtr, ytr), (xte, yte) = digits_split()
-    loss, evaluate = _classifier(
-        lambda params, x: _models.vit_apply(params, x, cfg), lambda x: x.reshape(-1, 8, 8)
-    )
-    return Problem(
-        name="digits_vit",
+    return _digits(
+        "digits_vit", seeds, steps=steps, batch=batch,
+        apply=lambda params, x: _models.vit_apply(params, x, cfg),
+        reshape=lambda x: x.reshape(-1, 8, 8),
         summary=f"ViT on sklearn digits (8x8, {cfg.patch}x{cfg.patch} patches = {cfg.tokens} "
         f"tokens, d={cfg.d_model}, {cfg.layers} pre-LN layers, {cfg.heads} heads, MLP "
         f"{cfg.mlp}, mean-pooled); AdamW wd 0.05, 30-step warm-up + cosine to 10%; "
         f"{steps} steps, batch {batch}",
-        steps=steps,
         lrs=half_decades(-3.5),
         optimizer=lambda s: optax.adamw(s, weight_decay=0.05),
         schedule=lambda lr: warmup_cosine(lr, steps, warmup=30),
         init=lambda key: _models.vit_init(key, cfg),
-        loss=loss,
-        evaluate=evaluate,
-        batches=np.stack([epoch_batches(len(ytr), steps, batch, 100 + s) for s in seeds]),
-        eval_data=(xte, yte),
-        consts=(xtr, ytr),
-        has_accuracy=True,
         step_cost=4.5,
     )
 
