@@ -3,7 +3,8 @@
 - ``optaxsched.schedules``: pure schedules that reproduce PyTorch/Keras/timm.
 - Gradient-norm-adaptive scaling and clipping (``clip_by_zscore`` and friends).
 - ``explosion_guard``: NaN/spike detection with skip and recovery.
-- Loss-adaptive scaling (``reduce_on_plateau``, ``bold_driver``, ``scale_by_loss``).
+- Loss-adaptive scaling (``reduce_on_plateau``, ``bold_driver``, ``scale_by_loss``), and
+  ``MetricPlateau``, torch's ``ReduceLROnPlateau`` stepped on an epoch's metric.
 - Per-parameter rates by parameter path (``scale_by_group``, ``label_by_path``).
 - ``telemetry``: every statistic of any optimizer state as a flat dict.
 
@@ -69,6 +70,10 @@ __all__ += [
     "reduce_on_plateau",
     "scale_by_loss",
 ]
+# --- plateau stepped on a metric ---
+from optaxsched._plateau import MetricPlateau, MetricPlateauState
+
+__all__ += ["MetricPlateau", "MetricPlateauState"]
 # --- groups ---
 from optaxsched.groups import (
     ScaleByGroupState,

@@ -28,6 +28,7 @@ import optax
 
 from optaxsched import _numerics as nm
 from optaxsched import _validation as val
+from optaxsched._plateau import check_rule, initial_best, plateau_decision
 
 __all__ = [
     "ReduceOnPlateauState",
@@ -171,62 +172,21 @@ def reduce_on_plateau(
       PyTorch ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (torch 2.13).
     """
     name = "reduce_on_plateau"
-    val.check_number(name, "factor", factor, ge=0.0, lt=1.0)
-    val.check_int(name, "patience", patience, ge=0)
-    val.check_number(name, "threshold", threshold, ge=0.0)
-    val.check_choice(name, "threshold_mode", threshold_mode, ("rel", "abs"))
-    val.check_choice(name, "mode", mode, ("min", "max"))
-    val.check_int(name, "cooldown", cooldown, ge=0)
-    val.check_number(name, "min_scale", min_scale, ge=0.0, le=1.0)
-    val.check_number(name, "eps", eps, ge=0.0)
+    rule = check_rule(name, factor, patience, threshold, threshold_mode, mode, cooldown,
+                      min_scale, eps)
     val.check_int(name, "accumulation_steps", accumulation_steps, ge=1)
-    minimize = mode == "min"
 
     def init_fn(params):
         del params
         return ReduceOnPlateauState(
             plateau_scale=jnp.ones((), _F32),
-            plateau_best=jnp.asarray(jnp.inf if minimize else -jnp.inf, _F32),
+            plateau_best=initial_best(rule),
             plateau_bad_steps=jnp.zeros((), _I32),
             plateau_cooldown=jnp.zeros((), _I32),
             plateau_reductions=jnp.zeros((), _I32),
             plateau_window_sum=jnp.zeros((), _F32),
             plateau_window_count=jnp.zeros((), _I32),
             plateau_window_nonfinite=jnp.zeros((), _I32),
-        )
-
-    def is_better(a, best):
-        thr = _f32(threshold)
-        if threshold_mode == "rel":
-            # |best|·θ is inf − inf = NaN for the initial ±inf best; no margin then.
-            margin = jnp.where(jnp.isfinite(best), jnp.abs(best) * thr, 0.0)
-        else:
-            margin = thr
-        if minimize:
-            return a < best - margin
-        return a > best + margin
-
-    def decide(state, mean, mean_ok):
-        best = state.plateau_best
-        better = mean_ok & is_better(mean, best)
-        best = jnp.where(better, mean, best)
-        bad = nm.increment_or_reset(state.plateau_bad_steps, ~better)
-        in_cooldown = state.plateau_cooldown > 0
-        cd = jnp.where(in_cooldown, state.plateau_cooldown - 1, state.plateau_cooldown)
-        bad = jnp.where(in_cooldown, 0, bad)
-        trigger = bad > _i32(patience)
-        scale = state.plateau_scale
-        candidate = jnp.maximum(scale * _f32(factor), _f32(min_scale))
-        apply = trigger & (scale - candidate > _f32(eps))
-        return (
-            jnp.where(apply, candidate, scale),
-            best,
-            jnp.where(trigger, 0, bad).astype(_I32),
-            jnp.where(trigger, _i32(cooldown), cd).astype(_I32),
-            jnp.where(
-                apply, nm.saturating_increment(state.plateau_reductions),
-                state.plateau_reductions,
-            ),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -240,11 +200,11 @@ def reduce_on_plateau(
         mean = wsum / wcount.astype(_F32)
         # A sum of finite values can still overflow to inf: check the mean too.
         mean_ok = (wbad == 0) & jnp.isfinite(mean)
-        decided = decide(state, mean, mean_ok)
         kept = (
             state.plateau_scale, state.plateau_best, state.plateau_bad_steps,
             state.plateau_cooldown, state.plateau_reductions,
         )
+        decided = plateau_decision(rule, *kept, mean, mean_ok)
         scale, best, bad, cd, reductions = (
             jnp.where(window_done, new, old) for new, old in zip(decided, kept)
         )

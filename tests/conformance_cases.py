@@ -147,6 +147,21 @@ if hasattr(ox, "reduce_on_plateau"):
         Case("bold_driver", ox.bold_driver, dict(increase=1.1, decrease=0.5, max_scale=2.0),
              inject=("increase", "decrease"), needs_value=True),
     )
+# --- _plateau.py ---
+if hasattr(ox, "MetricPlateau"):
+
+    def _stepped_metric_plateau(factor=0.1, patience=10):
+        """A MetricPlateau whose state starts after two flat epochs (scale 0.5),
+        so the shared checks see a multiplier other than 1."""
+        plateau = ox.MetricPlateau(factor=factor, patience=patience)
+
+        def init(params):
+            return plateau.step(plateau.step(plateau.init(params), 1.0), 1.0)
+
+        return optax.GradientTransformationExtraArgs(init, plateau.update)
+
+    _add(Case("metric_plateau", _stepped_metric_plateau, dict(factor=0.5, patience=0),
+              inject=("factor",)))
 # --- groups.py ---
 if hasattr(ox, "scale_by_group"):
 
