@@ -19,6 +19,15 @@ can never move by a step; fractions are formed as ``(T - t) / T``, clipped to
 Hyperparameters that are values (learning rates, gammas, end values) may be
 traced; step counts, boundaries, strings and ``period_mult``/``pct_start``
 must be concrete Python values because they shape the computation.
+
+Learning-rate values (``init_value``, ``peak_value``, ``end_value``,
+``max_value``, ``base_value``, ``value``, the ``values`` of
+``piecewise_constant``) must be finite and >= 0, and combinations whose
+values would turn negative later on are refused too: a negative rate makes
+``optax.sgd`` and friends climb the loss, which is never what a schedule
+means. For gradient ascent on purpose, keep the schedule non-negative and
+negate the updates, e.g. ``optax.chain(optax.sgd(lr), optax.scale(-1.0))``.
+Traced values cannot be checked and are used as they come.
 """
 
 from __future__ import annotations
@@ -141,6 +150,16 @@ def _count(fn: str, name: str, value: Any, *, gt: int | None = None, ge: int | N
         raise ValueError(f"{fn}({name}={value!r}): {name} must be <= 2**31 - 1")
 
 
+def _check_rate(fn: str, name: str, value: Any, *, allow_none: bool = False) -> None:
+    """A learning-rate value: a finite number >= 0 (see the module docstring)."""
+    check_number(fn, name, value, allow_none=allow_none)
+    if value is not None and not is_traced(value) and float(value) < 0:
+        raise ValueError(
+            f"{fn}({name}={value!r}): {name} must be >= 0: a negative learning rate "
+            f"climbs the loss; for gradient ascent on purpose keep it >= 0 and add "
+            f"optax.scale(-1.0) after the optimizer")
+
+
 def _check_bool(fn: str, name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{fn}({name}={value!r}): {name} must be True or False")
@@ -169,7 +188,7 @@ def constant(value: Any) -> Schedule:
     ``lr(t) = value``.
 
     Args:
-      value: the value at every step (a finite number).
+      value: the value at every step, >= 0.
 
     Returns:
       ``schedule(step) -> float32 array`` of the step's shape.
@@ -181,7 +200,7 @@ def constant(value: Any) -> Schedule:
     References:
       Every optimizer's default.
     """
-    check_number("constant", "value", value)
+    _check_rate("constant", "value", value)
     v = _f(value)
     return _compiled(lambda t: _out(v, t))
 
@@ -192,7 +211,7 @@ def step_decay(init_value: Any, step_size: int, gamma: Any = 0.1) -> Schedule:
     ``lr(t) = init_value * gamma ** floor(t / step_size)``, the floor in int32.
 
     Args:
-      init_value: value for steps ``0 .. step_size - 1``.
+      init_value: value for steps ``0 .. step_size - 1``, >= 0.
       step_size: steps between decays, an int > 0.
       gamma: decay factor, >= 0.
 
@@ -208,7 +227,7 @@ def step_decay(init_value: Any, step_size: int, gamma: Any = 0.1) -> Schedule:
       PyTorch ``torch.optim.lr_scheduler.StepLR``.
     """
     fn = "step_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     _count(fn, "step_size", step_size, gt=0)
     check_number(fn, "gamma", gamma, ge=0)
     init, g, size = _f(init_value), _f(gamma), int(step_size)
@@ -226,7 +245,7 @@ def multistep_decay(init_value: Any, milestones: Sequence[int], gamma: Any = 0.1
     come in any order; one listed twice decays twice; one at 0 applies at t=0.
 
     Args:
-      init_value: value before the first milestone.
+      init_value: value before the first milestone, >= 0.
       milestones: integer steps >= 0 (may be empty).
       gamma: decay factor, >= 0.
 
@@ -242,7 +261,7 @@ def multistep_decay(init_value: Any, milestones: Sequence[int], gamma: Any = 0.1
       PyTorch ``torch.optim.lr_scheduler.MultiStepLR``.
     """
     fn = "multistep_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     ms = sorted(check_int_sequence(fn, "milestones", milestones, ge=0))
     check_number(fn, "gamma", gamma, ge=0)
     init, g = _f(init_value), _f(gamma)
@@ -265,7 +284,7 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
 
     Args:
       boundaries: non-decreasing integer steps >= 0.
-      values: ``len(boundaries) + 1`` numbers.
+      values: ``len(boundaries) + 1`` numbers, each >= 0.
 
     Returns:
       ``schedule(step) -> float32 array``.
@@ -282,6 +301,8 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
     bs = check_int_sequence(fn, "boundaries", boundaries, ge=0)
     _check_sorted(fn, "boundaries", bs, boundaries)
     vs = check_float_sequence(fn, "values", values)
+    for i, v in enumerate(vs):
+        _check_rate(fn, f"values[{i}]", v)
     if len(vs) != len(bs) + 1:
         raise ValueError(
             f"{fn}(values={values!r}): needs len(boundaries) + 1 = {len(bs) + 1} values, "
@@ -313,11 +334,13 @@ def exponential_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
     is ``decay_rate=gamma, decay_steps=1``.
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       decay_rate: factor per ``decay_steps`` steps, > 0.
       decay_steps: int > 0.
       staircase: floor ``t / decay_steps``.
-      end_value: optional bound (see above).
+      end_value: optional bound (see above), >= 0; not above ``init_value``
+        when ``decay_rate < 1`` nor below it when ``decay_rate > 1`` (the
+        schedule would be the constant ``end_value``).
 
     Returns:
       ``schedule(step) -> float32 array``.
@@ -331,11 +354,19 @@ def exponential_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
       PyTorch ``ExponentialLR``; Keras ``ExponentialDecay``.
     """
     fn = "exponential_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     check_number(fn, "decay_rate", decay_rate, gt=0)
     _count(fn, "decay_steps", decay_steps, gt=0)
     _check_bool(fn, "staircase", staircase)
-    check_number(fn, "end_value", end_value, allow_none=True)
+    _check_rate(fn, "end_value", end_value, allow_none=True)
+    if end_value is not None and not any(map(is_traced, (init_value, decay_rate, end_value))):
+        # A floor above the start (or a cap below it) is the whole schedule.
+        r, a0, e = float(decay_rate), float(init_value), float(end_value)
+        if (r < 1 and e > a0) or (r > 1 and e < a0):
+            side = "<=" if r < 1 else ">="
+            raise ValueError(
+                f"{fn}(end_value={end_value!r}): with decay_rate={decay_rate!r} end_value "
+                f"must be {side} init_value={init_value!r}, else every step is end_value")
     init, rate, ds = _f(init_value), _f(decay_rate), int(decay_steps)
     end = None if end_value is None else _f(end_value)
 
@@ -358,7 +389,7 @@ def inverse_time_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
     floored with ``staircase``).
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       decay_rate: >= 0.
       decay_steps: int > 0.
       staircase: floor ``t / decay_steps``.
@@ -375,7 +406,7 @@ def inverse_time_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
       Keras ``keras.optimizers.schedules.InverseTimeDecay``.
     """
     fn = "inverse_time_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     check_number(fn, "decay_rate", decay_rate, ge=0)
     _count(fn, "decay_steps", decay_steps, gt=0)
     _check_bool(fn, "staircase", staircase)
@@ -393,7 +424,7 @@ def power_decay(init_value: Any, power: Any = 0.5, timescale: Any = 1.0) -> Sche
     ``lr(t) = init_value * (1 + t / timescale) ** -power``.
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       power: exponent, >= 0 (0.5 is the reciprocal square root).
       timescale: steps over which the decay sets in, > 0.
 
@@ -409,7 +440,7 @@ def power_decay(init_value: Any, power: Any = 0.5, timescale: Any = 1.0) -> Sche
       Zhai et al., "Scaling Vision Transformers", 2022; timm ``WSDLRScheduler``.
     """
     fn = "power_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     check_number(fn, "power", power, ge=0)
     check_number(fn, "timescale", timescale, gt=0)
     init, p, tau = _f(init_value), _f(power), _f(timescale)
@@ -428,7 +459,7 @@ def inverse_sqrt(peak_value: Any, warmup_steps: int) -> Schedule:
     0 at t=0, ``peak_value`` at t=w. Equals timm ``rsqrt`` with timescale w.
 
     Args:
-      peak_value: value at ``t = warmup_steps``.
+      peak_value: value at ``t = warmup_steps``, >= 0.
       warmup_steps: int > 0.
 
     Returns:
@@ -443,7 +474,7 @@ def inverse_sqrt(peak_value: Any, warmup_steps: int) -> Schedule:
       Vaswani et al., "Attention Is All You Need", 2017.
     """
     fn = "inverse_sqrt"
-    check_number(fn, "peak_value", peak_value)
+    _check_rate(fn, "peak_value", peak_value)
     _count(fn, "warmup_steps", warmup_steps, gt=0)
     peak, w = _f(peak_value), int(warmup_steps)
 
@@ -463,8 +494,8 @@ def linear(init_value: Any, end_value: Any, transition_steps: int) -> Schedule:
     ``linear(base * start_factor, base * end_factor, total_iters)``.
 
     Args:
-      init_value: value at step 0.
-      end_value: value from step ``transition_steps`` on.
+      init_value: value at step 0, >= 0.
+      end_value: value from step ``transition_steps`` on, >= 0.
       transition_steps: T, an int > 0.
 
     Returns:
@@ -479,8 +510,8 @@ def linear(init_value: Any, end_value: Any, transition_steps: int) -> Schedule:
       PyTorch ``torch.optim.lr_scheduler.LinearLR``.
     """
     fn = "linear"
-    check_number(fn, "init_value", init_value)
-    check_number(fn, "end_value", end_value)
+    _check_rate(fn, "init_value", init_value)
+    _check_rate(fn, "end_value", end_value)
     _count(fn, "transition_steps", transition_steps, gt=0)
     a, b, total = _f(init_value), _f(end_value), int(transition_steps)
 
@@ -501,9 +532,9 @@ def polynomial_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
     0.0, power)``.
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       decay_steps: D, an int > 0.
-      end_value: value reached at D.
+      end_value: value reached at D, >= 0.
       power: exponent, >= 0.
       cycle: restart every D steps as Keras does.
 
@@ -519,9 +550,9 @@ def polynomial_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
       Keras ``PolynomialDecay``; PyTorch ``PolynomialLR``.
     """
     fn = "polynomial_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     _count(fn, "decay_steps", decay_steps, gt=0)
-    check_number(fn, "end_value", end_value)
+    _check_rate(fn, "end_value", end_value)
     check_number(fn, "power", power, ge=0)
     _check_bool(fn, "cycle", cycle)
     a, b, p, ds = _f(init_value), _f(end_value), _f(power), int(decay_steps)
@@ -550,9 +581,9 @@ def cosine_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
     which is what torch's CosineAnnealingLR(T_max=T, eta_min=end) does.
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       decay_steps: T, an int > 0.
-      end_value: value at T.
+      end_value: value at T, >= 0.
       periodic: follow the cosine past T (torch) instead of holding (Keras).
 
     Returns:
@@ -570,9 +601,9 @@ def cosine_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
       Restarts", 2017; Keras ``CosineDecay``; PyTorch ``CosineAnnealingLR``.
     """
     fn = "cosine_decay"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     _count(fn, "decay_steps", decay_steps, gt=0)
-    check_number(fn, "end_value", end_value)
+    _check_rate(fn, "end_value", end_value)
     _check_bool(fn, "periodic", periodic)
     a, b, T = _f(init_value), _f(end_value), int(decay_steps)
 
@@ -633,11 +664,13 @@ def cosine_restarts(init_value: Any, first_period: int, period_mult: float = 1.0
     about 1 + 2e-4) that over 65536 periods fit in 2**31 steps is refused.
 
     Args:
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
       first_period: P (torch T_0, Keras first_decay_steps), an int > 0.
       period_mult: m (T_mult, t_mul), a concrete number >= 1.
-      end_value: floor of every period (torch eta_min, Keras ``alpha * init``).
-      amplitude_mult: scales ``init - end`` per period (Keras m_mul), >= 0.
+      end_value: floor of every period (torch eta_min, Keras ``alpha * init``),
+        >= 0.
+      amplitude_mult: scales ``init - end`` per period (Keras m_mul), >= 0;
+        <= 1 when ``end_value > init_value`` (the restarts would turn negative).
 
     Returns:
       ``schedule(step) -> float32 array``.
@@ -652,12 +685,18 @@ def cosine_restarts(init_value: Any, first_period: int, period_mult: float = 1.0
       Restarts", 2017.
     """
     fn = "cosine_restarts"
-    check_number(fn, "init_value", init_value)
+    _check_rate(fn, "init_value", init_value)
     _count(fn, "first_period", first_period, gt=0)
     _concrete(fn, "period_mult", period_mult)
     check_number(fn, "period_mult", period_mult, ge=1)
-    check_number(fn, "end_value", end_value)
+    _check_rate(fn, "end_value", end_value)
     check_number(fn, "amplitude_mult", amplitude_mult, ge=0)
+    if (not any(map(is_traced, (init_value, end_value, amplitude_mult)))
+            and float(end_value) > float(init_value) and float(amplitude_mult) > 1):
+        raise ValueError(
+            f"{fn}(amplitude_mult={amplitude_mult!r}): amplitude_mult must be <= 1 when "
+            f"end_value={end_value!r} > init_value={init_value!r}: the restart value "
+            f"end + amplitude_mult**i * (init - end) turns negative")
     a, b, amp, P = _f(init_value), _f(end_value), _f(amplitude_mult), int(first_period)
     table = None if float(period_mult) == 1.0 else _restart_table(fn, P, float(period_mult))
 
@@ -689,12 +728,14 @@ def cyclic(base_value: Any, max_value: Any, step_size_up: int, step_size_down: i
     or ``gamma ** t`` (``exp_range``, per iteration as in torch).
 
     Args:
-      base_value: value at the start of each cycle.
-      max_value: value at the peak of each cycle.
+      base_value: value at the start of each cycle, >= 0.
+      max_value: value at the peak of each cycle, >= 0 (below ``base_value``
+        the cycle runs downwards, as in torch).
       step_size_up: int > 0.
       step_size_down: int > 0; None means ``step_size_up``.
       mode: ``"triangular"``, ``"triangular2"`` or ``"exp_range"``.
-      gamma: > 0, used by ``exp_range``.
+      gamma: > 0, used by ``exp_range``; <= 1 when ``max_value < base_value``
+        (the values would turn negative).
 
     Returns:
       ``schedule(step) -> float32 array``.
@@ -708,12 +749,18 @@ def cyclic(base_value: Any, max_value: Any, step_size_up: int, step_size_down: i
       Smith, "Cyclical Learning Rates for Training Neural Networks", 2017.
     """
     fn = "cyclic"
-    check_number(fn, "base_value", base_value)
-    check_number(fn, "max_value", max_value)
+    _check_rate(fn, "base_value", base_value)
+    _check_rate(fn, "max_value", max_value)
     _count(fn, "step_size_up", step_size_up, gt=0)
     _count(fn, "step_size_down", step_size_down, gt=0, allow_none=True)
     check_choice(fn, "mode", mode, ("triangular", "triangular2", "exp_range"))
     check_number(fn, "gamma", gamma, gt=0)
+    if (mode == "exp_range" and not any(map(is_traced, (base_value, max_value, gamma)))
+            and float(gamma) > 1 and float(max_value) < float(base_value)):
+        raise ValueError(
+            f"{fn}(gamma={gamma!r}): with mode='exp_range' and max_value={max_value!r} < "
+            f"base_value={base_value!r}, gamma must be <= 1: base + (max - base) * "
+            f"s * gamma**t turns negative")
     up = int(step_size_up)
     down = up if step_size_down is None else int(step_size_down)
     total = up + down
@@ -747,7 +794,7 @@ def one_cycle(max_value: Any, total_steps: int, pct_start: float = 0.3, anneal: 
     T and raises after it).
 
     Args:
-      max_value: peak value.
+      max_value: peak value, >= 0.
       total_steps: T, an int >= 2.
       pct_start: fraction of T spent rising, in (0, 1); ``pct_start * T`` must
         exceed 1 and, with three_phase, the last phase must be non-empty.
@@ -769,7 +816,7 @@ def one_cycle(max_value: Any, total_steps: int, pct_start: float = 0.3, anneal: 
       Using Large Learning Rates", 2019; PyTorch ``OneCycleLR``.
     """
     fn = "one_cycle"
-    check_number(fn, "max_value", max_value)
+    _check_rate(fn, "max_value", max_value)
     _count(fn, "total_steps", total_steps, ge=2)
     _concrete(fn, "pct_start", pct_start)
     check_number(fn, "pct_start", pct_start, gt=0, lt=1)
@@ -814,6 +861,27 @@ def one_cycle(max_value: Any, total_steps: int, pct_start: float = 0.3, anneal: 
     return _compiled(schedule)
 
 
+def _check_wsd_phases(fn: str, T: int, W: int, D: int, decay_steps: Any) -> None:
+    """Warm-up and decay must fit in T; the message blames the argument that
+    overflows and says where D came from when it was defaulted."""
+    if W > T:
+        raise ValueError(
+            f"{fn}(warmup_steps={W}): warmup_steps must be <= total_steps = {T} "
+            f"(total_steps counts the warm-up too)")
+    if D > T:
+        raise ValueError(f"{fn}(decay_steps={D}): decay_steps must be <= total_steps = {T}")
+    if W + D > T:
+        if decay_steps is None:
+            raise ValueError(
+                f"{fn}(warmup_steps={W}, decay_steps=None): warmup_steps + decay_steps = "
+                f"{W} + {D} must be <= total_steps = {T}; decay_steps=None means 10% of "
+                f"total_steps, {D} here: pass warmup_steps <= {T - D} or decay_steps <= "
+                f"{T - W}")
+        raise ValueError(
+            f"{fn}(warmup_steps={W}, decay_steps={D}): warmup_steps + decay_steps = "
+            f"{W} + {D} must be <= total_steps = {T}")
+
+
 def wsd(peak_value: Any, total_steps: int, warmup_steps: int = 0, decay_steps: int | None = None,
         init_value: Any = 0.0, end_value: Any = 0.0, decay_shape: str = "1-sqrt") -> Schedule:
     """Warmup-stable-decay (timm ``wsd`` with a constant stable phase, MiniCPM).
@@ -825,13 +893,13 @@ def wsd(peak_value: Any, total_steps: int, warmup_steps: int = 0, decay_steps: i
     ``1 - sqrt(f)`` (``1-sqrt``). ``end_value`` is reached at T and held.
 
     Args:
-      peak_value: stable value.
+      peak_value: stable value, >= 0.
       total_steps: T, an int > 0, including the warm-up.
       warmup_steps: W, an int >= 0.
       decay_steps: D, an int >= 0; None means 10% of T rounded half up.
         ``W + D <= T``.
-      init_value: value at step 0 when W > 0.
-      end_value: value from step T on.
+      init_value: value at step 0 when W > 0, >= 0.
+      end_value: value from step T on, >= 0.
       decay_shape: ``"linear"``, ``"cosine"`` or ``"1-sqrt"``.
 
     Returns:
@@ -847,19 +915,16 @@ def wsd(peak_value: Any, total_steps: int, warmup_steps: int = 0, decay_steps: i
       Compute-Optimal Training Beyond Fixed Training Durations", 2024.
     """
     fn = "wsd"
-    check_number(fn, "peak_value", peak_value)
+    _check_rate(fn, "peak_value", peak_value)
     _count(fn, "total_steps", total_steps, gt=0)
     _count(fn, "warmup_steps", warmup_steps, ge=0)
     _count(fn, "decay_steps", decay_steps, ge=0, allow_none=True)
-    check_number(fn, "init_value", init_value)
-    check_number(fn, "end_value", end_value)
+    _check_rate(fn, "init_value", init_value)
+    _check_rate(fn, "end_value", end_value)
     check_choice(fn, "decay_shape", decay_shape, ("linear", "cosine", "1-sqrt"))
     T, W = int(total_steps), int(warmup_steps)
     D = (T + 5) // 10 if decay_steps is None else int(decay_steps)
-    if W + D > T:
-        raise ValueError(
-            f"{fn}(decay_steps={decay_steps!r}): warmup_steps + decay_steps = {W} + {D} "
-            f"must be <= total_steps = {T}")
+    _check_wsd_phases(fn, T, W, D, decay_steps)
     peak, a, b = _f(peak_value), _f(init_value), _f(end_value)
 
     def schedule(t):
@@ -883,16 +948,36 @@ def wsd(peak_value: Any, total_steps: int, warmup_steps: int = 0, decay_steps: i
     return _compiled(schedule)
 
 
-def warmup(schedule: Schedule, warmup_steps: int, init_value: Any = 0.0) -> Schedule:
-    """Prefixes a linear warm-up to a schedule (timm ``warmup_prefix=True``).
+def warmup(schedule: Schedule, warmup_steps: int, init_value: Any = 0.0,
+           prefix: bool = True) -> Schedule:
+    """A linear warm-up before or over a schedule (timm's ``warmup_prefix``).
 
-    ``lr(t) = init + (schedule(0) - init) * t / W`` for ``t < W``, then
-    ``schedule(t - W)``: the wrapped schedule starts after the warm-up.
+    With ``W = warmup_steps`` and ``init = init_value``, both forms ramp
+    linearly towards the schedule's value at step 0:
+
+        lr(t) = init + (schedule(0) - init) * t / W        for t < W,
+
+    and after the ramp
+
+        lr(t) = schedule(t - W)    (``prefix=True``: the warm-up comes first and
+                                    delays the schedule by W steps), or
+        lr(t) = schedule(t)        (``prefix=False``: the warm-up replaces the
+                                    schedule's first W steps; it is not delayed).
+
+    These are timm's ``warmup_prefix=True`` and ``warmup_prefix=False`` with
+    ``warmup_t=W`` and ``warmup_lr_init=init``: timm's ramp targets the base
+    lr, which is ``schedule(0)`` for its cosine, step, poly and WSD schedulers.
+    With ``prefix=False`` the value jumps from the last ramp step to
+    ``schedule(W)``, as in timm. (timm's tanh scheduler alone ramps towards
+    its value at ``W`` when ``warmup_prefix=False``.)
 
     Args:
       schedule: any ``step -> value`` function.
       warmup_steps: W, an int >= 0 (0 returns the schedule's values unchanged).
-      init_value: value at step 0.
+      init_value: value at step 0, >= 0.
+      prefix: True puts the warm-up before the schedule (timm
+        ``warmup_prefix=True``), False lays it over the schedule's first W
+        steps (timm's default, ``warmup_prefix=False``).
 
     Returns:
       ``schedule(step) -> float32 array``.
@@ -901,21 +986,26 @@ def warmup(schedule: Schedule, warmup_steps: int, init_value: Any = 0.0) -> Sche
       >>> lr = warmup(cosine_decay(1.0, decay_steps=100), warmup_steps=10)
       >>> [round(float(lr(t)), 6) for t in (0, 5, 10, 60, 200)]
       [0.0, 0.5, 1.0, 0.5, 0.0]
+      >>> over = warmup(cosine_decay(1.0, decay_steps=100), warmup_steps=10, prefix=False)
+      >>> [round(float(over(t)), 6) for t in (0, 5, 9, 10, 50)]
+      [0.0, 0.5, 0.9, 0.975528, 0.5]
 
     References:
       Goyal et al., "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour",
-      2017; timm ``CosineLRScheduler(warmup_prefix=True)``.
+      2017; timm ``CosineLRScheduler(warmup_t, warmup_lr_init, warmup_prefix)``
+      (``timm/scheduler/cosine_lr.py``).
     """
     fn = "warmup"
     check_callable(fn, "schedule", schedule)
     _count(fn, "warmup_steps", warmup_steps, ge=0)
-    check_number(fn, "init_value", init_value)
-    W, a = int(warmup_steps), _f(init_value)
+    _check_rate(fn, "init_value", init_value)
+    _check_bool(fn, "prefix", prefix)
+    W, a, shift = int(warmup_steps), _f(init_value), int(warmup_steps) if prefix else 0
 
     def warmed(t):
         if W == 0:
             return _out(_call(schedule, t), t)
-        after = _call(schedule, jnp.maximum(t - W, 0))
+        after = _call(schedule, jnp.maximum(t - shift, 0))
         first = _call(schedule, jnp.zeros((), jnp.int32))
         return _out(jnp.where(t < W, _lerp_steps(a, first, jnp.minimum(t, W), W), after), t)
 

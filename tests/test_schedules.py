@@ -16,6 +16,7 @@ import doctest
 import json
 import math
 import pathlib
+import re
 from fractions import Fraction
 
 import jax
@@ -165,10 +166,10 @@ def r_wsd(t, peak_value, total_steps, warmup_steps=0, decay_steps=None, init_val
     return end_value + (peak_value - end_value) * g
 
 
-def r_warmup(t, schedule, warmup_steps, init_value=0.0):
+def r_warmup(t, schedule, warmup_steps, init_value=0.0, prefix=True):
     if t < warmup_steps:
         return init_value + t * (schedule(0) - init_value) / warmup_steps
-    return schedule(t - warmup_steps)
+    return schedule(t - warmup_steps if prefix else t)
 
 
 def r_join(t, schedules, boundaries):
@@ -283,6 +284,11 @@ CASES = {
     "warmup_0": sp("warmup", schedule=sp("step_decay", init_value=1.0, step_size=3),
                    warmup_steps=0),
     "warmup_const": sp("warmup", schedule=sp("constant", value=2.0), warmup_steps=5),
+    "warmup_over_cos": sp("warmup", schedule=sp("cosine_decay", init_value=0.1, decay_steps=50,
+                                                end_value=0.002), warmup_steps=8,
+                          init_value=0.001, prefix=False),
+    "warmup_over_step": sp("warmup", schedule=sp("step_decay", init_value=1.0, step_size=4,
+                                                 gamma=0.5), warmup_steps=6, prefix=False),
     "join": sp("join", schedules=[
         sp("linear", init_value=0.01, end_value=0.1, transition_steps=5),
         sp("exponential_decay", init_value=0.1, decay_rate=0.9),
@@ -486,6 +492,28 @@ def test_exponential_end_value_bounds():
     assert float(S.exponential_decay(1.0, 2.0)(10**9)) == F32_MAX  # saturates, never inf
 
 
+def test_warmup_over_the_schedule_matches_timm():
+    """prefix=False is timm's warmup_prefix=False (CosineLRScheduler with
+    cycle_limit=1, StepLRScheduler): for t < warmup_t a ramp from
+    warmup_lr_init towards the base lr, then the schedule at t itself, not
+    delayed. NumPy float64 transcription of timm's ``_get_lr``."""
+    base, lr_min, T, W, init = 0.1, 0.002, 40, 7, 0.001
+    t = np.arange(60)
+    ramp = init + t * (base - init) / W
+    cos = np.where(t < T, lr_min + 0.5 * (base - lr_min) * (1 + np.cos(np.pi * t / T)), lr_min)
+    want = [np.where(t < W, ramp, cos), np.where(t < W, ramp, base * 0.5 ** (t // 9))]
+    fns = [S.warmup(S.cosine_decay(base, T, lr_min), warmup_steps=W, init_value=init,
+                    prefix=False),
+           S.warmup(S.step_decay(base, 9, 0.5), warmup_steps=W, init_value=init, prefix=False),
+           S.warmup(S.cosine_decay(base, T, lr_min), warmup_steps=W, init_value=init)]
+    got = jax.jit(lambda s: [f(s) for f in fns])(jnp.asarray(t, jnp.int32))  # one compile
+    for g, w in zip(got[:2], want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=RTOL, atol=1e-8)
+    # The same warm-up as a prefix delays the cosine by W steps instead.
+    np.testing.assert_allclose(np.asarray(got[2])[W:], cos[:-W], rtol=RTOL, atol=1e-8)
+    np.testing.assert_array_equal(np.asarray(got[2])[:W], np.asarray(got[0])[:W])
+
+
 def test_user_schedules_compose():
     base = optax.linear_schedule(1.0, 0.0, 10)
     f = S.join([S.warmup(base, 5, 0.5), lambda t: 0.25], boundaries=[20])
@@ -536,18 +564,26 @@ _cos = S.constant(1.0)
 BAD = [
     ("constant", dict(value="0.1"), TypeError, "value"),
     ("constant", dict(value=float("nan")), ValueError, "value"),
+    ("constant", dict(value=-0.1), ValueError, "constant(value=-0.1): value must be >= 0"),
+    ("constant", dict(value=np.float32(-0.1)), ValueError, "value must be >= 0"),
     ("step_decay", dict(init_value=0.1, step_size=0), ValueError, "step_size"),
     ("step_decay", dict(init_value=0.1, step_size=2.5), TypeError, "step_size"),
     ("step_decay", dict(init_value=0.1, step_size=3, gamma=-0.1), ValueError, "gamma"),
     ("step_decay", dict(init_value="0.1", step_size=3), TypeError, "init_value"),
+    ("step_decay", dict(init_value=-0.1, step_size=3), ValueError, "init_value"),
     ("multistep_decay", dict(init_value=1.0, milestones=[3, -1]), ValueError, "milestones[1]"),
     ("multistep_decay", dict(init_value=1.0, milestones=5), TypeError, "milestones"),
     ("multistep_decay", dict(init_value=1.0, milestones=[3], gamma="x"), TypeError, "gamma"),
+    ("multistep_decay", dict(init_value=-1.0, milestones=[3]), ValueError, "init_value"),
     ("piecewise_constant", dict(boundaries=[10, 5], values=[1.0, 2.0, 3.0]), ValueError,
      "boundaries"),
     ("piecewise_constant", dict(boundaries=[10], values=[1.0]), ValueError, "values"),
     ("piecewise_constant", dict(boundaries=[-1], values=[1.0, 2.0]), ValueError, "boundaries[0]"),
     ("piecewise_constant", dict(boundaries=[1], values=["a", 2.0]), TypeError, "values[0]"),
+    ("piecewise_constant", dict(boundaries=[1], values=[1.0, -0.5]), ValueError,
+     "values[1]=-0.5): values[1] must be >= 0"),
+    ("piecewise_constant", dict(boundaries=[1], values=[1.0, float("nan")]), ValueError,
+     "values[1]"),
     ("exponential_decay", dict(init_value=1.0, decay_rate=0.0), ValueError, "decay_rate"),
     ("exponential_decay", dict(init_value=1.0, decay_rate=0.5, decay_steps=0), ValueError,
      "decay_steps"),
@@ -555,22 +591,44 @@ BAD = [
      "staircase"),
     ("exponential_decay", dict(init_value=1.0, decay_rate=0.5, end_value="0"), TypeError,
      "end_value"),
+    ("exponential_decay", dict(init_value=-1.0, decay_rate=0.5), ValueError, "init_value"),
+    ("exponential_decay", dict(init_value=1.0, decay_rate=0.5, end_value=-0.1), ValueError,
+     "end_value"),
+    ("exponential_decay", dict(init_value=1.0, decay_rate=0.5, end_value=2.0), ValueError,
+     "end_value must be <= init_value"),
+    ("exponential_decay", dict(init_value=1.0, decay_rate=2.0, end_value=0.5), ValueError,
+     "end_value must be >= init_value"),
     ("inverse_time_decay", dict(init_value=1.0, decay_rate=-1.0), ValueError, "decay_rate"),
     ("inverse_time_decay", dict(init_value=1.0, decay_rate=1.0, decay_steps=-5), ValueError,
      "decay_steps"),
+    ("inverse_time_decay", dict(init_value=-1.0, decay_rate=1.0), ValueError, "init_value"),
     ("power_decay", dict(init_value=1.0, power=-1.0), ValueError, "power"),
     ("power_decay", dict(init_value=1.0, timescale=0.0), ValueError, "timescale"),
     ("power_decay", dict(init_value=1.0, timescale="1"), TypeError, "timescale"),
+    ("power_decay", dict(init_value=-1.0), ValueError, "init_value"),
     ("inverse_sqrt", dict(peak_value=1.0, warmup_steps=0), ValueError, "warmup_steps"),
     ("inverse_sqrt", dict(peak_value=None, warmup_steps=10), TypeError, "peak_value"),
+    ("inverse_sqrt", dict(peak_value=-1.0, warmup_steps=10), ValueError, "peak_value"),
     ("linear", dict(init_value=1.0, end_value=0.0, transition_steps=0), ValueError,
      "transition_steps"),
     ("linear", dict(init_value=1.0, end_value="0", transition_steps=5), TypeError, "end_value"),
+    ("linear", dict(init_value=-1.0, end_value=0.0, transition_steps=5), ValueError,
+     "init_value"),
+    ("linear", dict(init_value=1.0, end_value=-1.0, transition_steps=5), ValueError,
+     "end_value"),
     ("polynomial_decay", dict(init_value=1.0, decay_steps=0), ValueError, "decay_steps"),
     ("polynomial_decay", dict(init_value=1.0, decay_steps=5, power=-1.0), ValueError, "power"),
     ("polynomial_decay", dict(init_value=1.0, decay_steps=5, cycle=1), TypeError, "cycle"),
+    ("polynomial_decay", dict(init_value=-1.0, decay_steps=5), ValueError, "init_value"),
+    ("polynomial_decay", dict(init_value=1.0, decay_steps=5, end_value=-1e-4), ValueError,
+     "end_value"),
     ("cosine_decay", dict(init_value=1.0, decay_steps=0), ValueError, "decay_steps"),
     ("cosine_decay", dict(init_value=1.0, decay_steps=10, periodic="no"), TypeError, "periodic"),
+    ("cosine_decay", dict(init_value=-1e-3, decay_steps=100), ValueError,
+     "cosine_decay(init_value=-0.001): init_value must be >= 0"),
+    ("cosine_decay", dict(init_value=1.0, decay_steps=10, end_value=-0.1), ValueError,
+     "end_value"),
+    ("cosine_decay", dict(init_value=float("inf"), decay_steps=10), ValueError, "init_value"),
     ("cosine_restarts", dict(init_value=1.0, first_period=0), ValueError, "first_period"),
     ("cosine_restarts", dict(init_value=1.0, first_period=3.0), TypeError, "first_period"),
     ("cosine_restarts", dict(init_value=1.0, first_period=5, period_mult=0.5), ValueError,
@@ -579,6 +637,11 @@ BAD = [
      "period_mult"),
     ("cosine_restarts", dict(init_value=1.0, first_period=5, amplitude_mult=-1.0), ValueError,
      "amplitude_mult"),
+    ("cosine_restarts", dict(init_value=-1.0, first_period=5), ValueError, "init_value"),
+    ("cosine_restarts", dict(init_value=1.0, first_period=5, end_value=-0.1), ValueError,
+     "end_value"),
+    ("cosine_restarts", dict(init_value=0.1, first_period=5, end_value=1.0, amplitude_mult=1.5),
+     ValueError, "amplitude_mult"),
     ("cyclic", dict(base_value=0.0, max_value=1.0, step_size_up=0), ValueError, "step_size_up"),
     ("cyclic", dict(base_value=0.0, max_value=1.0, step_size_up=2, step_size_down=0), ValueError,
      "step_size_down"),
@@ -586,6 +649,10 @@ BAD = [
     ("cyclic", dict(base_value=0.0, max_value=1.0, step_size_up=2, mode=1), TypeError, "mode"),
     ("cyclic", dict(base_value=0.0, max_value=1.0, step_size_up=2, gamma=0.0), ValueError,
      "gamma"),
+    ("cyclic", dict(base_value=-0.1, max_value=1.0, step_size_up=2), ValueError, "base_value"),
+    ("cyclic", dict(base_value=0.1, max_value=-1.0, step_size_up=2), ValueError, "max_value"),
+    ("cyclic", dict(base_value=1.0, max_value=0.1, step_size_up=2, mode="exp_range", gamma=1.01),
+     ValueError, "gamma"),
     ("one_cycle", dict(max_value=1.0, total_steps=100, pct_start=0.0), ValueError, "pct_start"),
     ("one_cycle", dict(max_value=1.0, total_steps=100, pct_start=1.0), ValueError, "pct_start"),
     ("one_cycle", dict(max_value=1.0, total_steps=100, pct_start="0.3"), TypeError, "pct_start"),
@@ -595,15 +662,35 @@ BAD = [
     ("one_cycle", dict(max_value=1.0, total_steps=100, anneal="cosine"), ValueError, "anneal"),
     ("one_cycle", dict(max_value=1.0, total_steps=1), ValueError, "total_steps"),
     ("one_cycle", dict(max_value=1.0, total_steps=100, div_factor=0.0), ValueError, "div_factor"),
+    ("one_cycle", dict(max_value=-1.0, total_steps=100), ValueError, "max_value"),
     ("wsd", dict(peak_value=1.0, total_steps=100, warmup_steps=10, decay_steps=95), ValueError,
      "decay_steps"),
     ("wsd", dict(peak_value=1.0, total_steps=100, decay_shape="exp"), ValueError, "decay_shape"),
     ("wsd", dict(peak_value=1.0, total_steps=0), ValueError, "total_steps"),
     ("wsd", dict(peak_value=1.0, total_steps=10, warmup_steps=-1), ValueError, "warmup_steps"),
     ("wsd", dict(peak_value="1", total_steps=10), TypeError, "peak_value"),
+    ("wsd", dict(peak_value=-1.0, total_steps=10), ValueError, "peak_value"),
+    ("wsd", dict(peak_value=1.0, total_steps=10, warmup_steps=2, init_value=-1.0), ValueError,
+     "init_value"),
+    ("wsd", dict(peak_value=1.0, total_steps=10, end_value=-1e-4), ValueError, "end_value"),
+    ("wsd", dict(peak_value=1.0, total_steps=10, end_value=float("inf")), ValueError,
+     "end_value"),
+    # The issue's case: the warm-up alone is longer than the run.
+    ("wsd", dict(peak_value=1.0, total_steps=1000, warmup_steps=1500), ValueError,
+     "wsd(warmup_steps=1500): warmup_steps must be <= total_steps = 1000"),
+    ("wsd", dict(peak_value=1.0, total_steps=1000, warmup_steps=1500, decay_steps=10),
+     ValueError, "wsd(warmup_steps=1500): warmup_steps must be <= total_steps"),
+    ("wsd", dict(peak_value=1.0, total_steps=1000, warmup_steps=950), ValueError,
+     "warmup_steps + decay_steps = 950 + 100 must be <= total_steps = 1000; decay_steps=None "
+     "means 10% of total_steps"),
+    ("wsd", dict(peak_value=1.0, total_steps=100, decay_steps=101), ValueError,
+     "wsd(decay_steps=101): decay_steps must be <= total_steps = 100"),
     ("warmup", dict(schedule=0.1, warmup_steps=5), TypeError, "schedule"),
     ("warmup", dict(schedule=_cos, warmup_steps=-1), ValueError, "warmup_steps"),
     ("warmup", dict(schedule=_cos, warmup_steps=5, init_value="0"), TypeError, "init_value"),
+    ("warmup", dict(schedule=_cos, warmup_steps=5, init_value=-0.1), ValueError, "init_value"),
+    ("warmup", dict(schedule=_cos, warmup_steps=5, prefix="no"), TypeError, "prefix"),
+    ("warmup", dict(schedule=_cos, warmup_steps=5, prefix=None), TypeError, "prefix"),
     ("join", dict(schedules=[_cos, _cos], boundaries=[]), ValueError, "boundaries"),
     ("join", dict(schedules=[_cos, 0.5], boundaries=[3]), TypeError, "schedules[1]"),
     ("join", dict(schedules=[_cos, _cos, _cos], boundaries=[5, 3]), ValueError, "boundaries"),
@@ -615,11 +702,45 @@ BAD = [
 @pytest.mark.parametrize("fn,kwargs,exc,arg", BAD, ids=[f"{b[0]}-{b[3]}-{i}"
                                                        for i, b in enumerate(BAD)])
 def test_bad_arguments(fn, kwargs, exc, arg):
-    with pytest.raises(exc) as info:
+    with pytest.raises(exc, match=re.escape(arg)) as info:
         getattr(S, fn)(**kwargs)
     msg = str(info.value)
     assert msg.startswith(fn + "("), msg
-    assert arg in msg, msg
+
+
+RATES = {"value", "init_value", "peak_value", "end_value", "max_value", "base_value", "values"}
+
+
+def _negative_rate(kwargs):
+    return any(k in RATES and np.any(np.asarray(v, np.float64) < 0) for k, v in kwargs.items()
+               if not isinstance(v, str))
+
+
+def test_negative_rates_are_refused_with_the_way_to_ascend():
+    """Every schedule with a learning-rate argument has a negative-rate case in
+    BAD, and each message says how to do gradient ascent on purpose."""
+    cases = [(fn, kw) for fn, kw, exc, _ in BAD if exc is ValueError and _negative_rate(kw)]
+    assert {fn for fn, _ in cases} == set(S.__all__) - {"join", "multiply"}
+    for fn, kw in cases:
+        with pytest.raises(ValueError, match=r"must be >= 0: a negative learning rate.*"
+                                             r"optax\.scale\(-1\.0\)"):
+            getattr(S, fn)(**kw)
+
+
+def test_legitimate_values_still_accepted():
+    """What the peers accept stays accepted: zero rates, rising cosines and
+    polynomials, a downward cycle, growth with a cap, a restart floor above
+    the start without growing amplitude, and traced values (not checkable)."""
+    S.constant(0.0)
+    S.cosine_decay(0.1, 10, end_value=1.0)
+    S.polynomial_decay(0.0, 10, end_value=1.0)
+    S.cyclic(1.0, 0.1, 2, mode="exp_range", gamma=0.9)
+    S.exponential_decay(0.1, 2.0, end_value=1.0)
+    S.exponential_decay(1.0, 1.0, end_value=2.0)  # decay_rate 1: the bound never acts
+    S.cosine_restarts(0.1, 5, end_value=1.0, amplitude_mult=1.0)
+    S.wsd(1.0, total_steps=10, warmup_steps=9, decay_steps=1)
+    f = jax.jit(lambda lr: S.cosine_decay(lr, 10)(0))
+    assert float(f(-1.0)) == -1.0  # a traced rate is used as it comes
 
 
 def test_bad_arguments_multiply():
