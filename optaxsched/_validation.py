@@ -15,6 +15,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "check_callable",
     "check_int_sequence",
     "check_float_sequence",
+    "check_value",
     "require_value",
 ]
 
@@ -178,8 +180,54 @@ def check_float_sequence(fn: str, name: str, value: Any) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _is_real_dtype(dtype: Any) -> bool:
+    # jnp.issubdtype also knows the ml_dtypes floats (bfloat16, float8_*).
+    return bool(jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer))
+
+
+def _short_repr(value: Any, limit: int = 60) -> str:
+    if is_traced(value):
+        return f"<traced {value.dtype}[{','.join(map(str, value.shape))}]>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_value(fn: str, value: Any) -> Any:
+    """Checks the loss passed as ``update(..., value=...)`` and returns it.
+
+    Accepted: a Python ``int``/``float``, or a NumPy/JAX array or scalar
+    (traced included: only its dtype is read) of a real -- integer or
+    floating -- dtype. A string, a bool, a complex number, a container
+    (dict, list, tuple or any other pytree) or an array of another dtype is a
+    ``TypeError`` naming ``fn`` and ``value``. The shape is the caller's to
+    check.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    arrays = (np.ndarray, np.generic, jax.Array)
+    if not isinstance(value, arrays) and hasattr(value, "__jax_array__"):
+        value = value.__jax_array__()  # array-likes such as boxed parameters
+    dtype = getattr(value, "dtype", None)
+    if isinstance(value, arrays) and _is_real_dtype(dtype):
+        return value
+    if isinstance(value, (str, bytes)):
+        got = f"a {type(value).__name__}; convert it with float() if it is a number"
+    elif isinstance(value, arrays):
+        got = f"an array of dtype {dtype}"
+    elif not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value)):
+        got = f"a {type(value).__name__}; pass one loss, not a container of them"
+    else:
+        got = f"a {type(value).__name__}"
+    raise TypeError(
+        f"{fn}(value={_short_repr(value)}): value must be the loss as a real scalar: "
+        f"pass value=loss with loss a float array of shape () or a Python float; "
+        f"got {got}"
+    )
+
+
 def require_value(fn: str, extra_args: dict[str, Any]) -> Any:
-    """Returns ``extra_args["value"]`` or raises an error that shows how to pass it."""
+    """Returns ``extra_args["value"]``, checked by :func:`check_value`, or raises
+    an error that shows how to pass it."""
     if "value" not in extra_args or extra_args["value"] is None:
         raise TypeError(
             f"{fn} needs the current loss: call "
@@ -188,7 +236,4 @@ def require_value(fn: str, extra_args: dict[str, Any]) -> Any:
             f"keyword is forwarded; for Flax use "
             f"optaxsched.flax.TrainState.apply_gradients(grads=g, value=loss))"
         )
-    return extra_args["value"]
-
-
-
+    return check_value(fn, extra_args["value"])

@@ -371,7 +371,9 @@ def explosion_guard(
         return _init_state(inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
-        value = extra_args.get("value")
+        value = extra_args.get("value")  # None: no loss given
+        if value is not None:
+            value = v.check_value(_FN, value)
         has_loss = value is not None
         loss = jnp.asarray(0.0 if value is None else value, jnp.float32)
         if loss.ndim:

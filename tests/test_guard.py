@@ -498,3 +498,27 @@ def test_compiled_step_adds_no_full_size_buffers_and_few_scalar_kernels():
         )
         assert full == adam_full, (on_spike, full, adam_full)
         assert scalar_kernels <= adam_scalar + 2, (on_spike, scalar_kernels, adam_scalar)
+
+
+# Wrong kinds of value= (None means "no loss" and stays accepted).
+BAD_VALUES = {
+    "str": "1.0", "bytes": b"1.0", "dict": {"loss": 1.0}, "list": [1.0], "tuple": (1.0,),
+    "bool": True, "complex": 1 + 2j, "str_array": np.array("1.0"),
+    "bool_array": jnp.asarray(True), "complex_array": jnp.complex64(1.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_VALUES))
+def test_value_of_the_wrong_kind_is_named(kind):
+    opt = ox.explosion_guard(optax.sgd(0.1))
+    params = {"w": jnp.ones(3, jnp.float32)}
+    with pytest.raises(TypeError, match=r"^explosion_guard\(value=.*\): value must be the loss "
+                                        r"as a real scalar: pass value=loss"):
+        opt.update(params, opt.init(params), params, value=BAD_VALUES[kind])
+
+
+def test_value_dtype_is_checked_when_traced():
+    opt = ox.explosion_guard(optax.sgd(0.1))
+    params = {"w": jnp.ones(3, jnp.float32)}
+    with pytest.raises(TypeError, match=r"^explosion_guard\(value=<traced complex64\[\]>\)"):
+        jax.jit(opt.update)(params, opt.init(params), params, value=jnp.complex64(1.0))

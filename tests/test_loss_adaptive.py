@@ -500,3 +500,32 @@ def test_value_reaches_the_transform_inside_explosion_guard(name):
     assert float(optax.tree.get(state, field)) == EXPECTED[name][-1]
     with pytest.raises(TypeError, match=rf"{name} needs the current loss"):
         tx.update({"w": jnp.ones(2, jnp.float32)}, state, params)
+
+
+# Wrong kinds of value=: each a TypeError naming the transform and `value`.
+BAD_VALUES = {
+    "str": "1.0", "bytes": b"1.0", "dict": {"loss": 1.0}, "list": [1.0], "tuple": (1.0,),
+    "bool": True, "complex": 1 + 2j, "str_array": np.array("1.0"),
+    "bool_array": jnp.asarray(True), "complex_array": jnp.complex64(1.0),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_VALUES))
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_value_of_the_wrong_kind_is_named(name, kind):
+    tx = FACTORIES[name]()
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(TypeError, match=rf"^{name}\(value=.*\): value must be the loss as a "
+                                        r"real scalar: pass value=loss"):
+        tx.update(params, tx.init(params), params, value=BAD_VALUES[kind])
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+def test_value_dtype_is_checked_when_traced_and_real_scalars_pass(name):
+    tx = FACTORIES[name]()
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match=rf"^{name}\(value=<traced bool\[\]>\): value must be"):
+        jax.jit(tx.update)(params, state, params, value=jnp.asarray(True))
+    for ok in (1, 2.0, np.float64(4.0), jnp.bfloat16(8.0), jnp.int32(16)):
+        _, state = tx.update(params, state, params, value=ok)
