@@ -146,11 +146,38 @@ class _Matcher:
             if i in won:
                 continue
             hits = [p for p in paths if r.pattern.search(p)]
-            msgs.append(
-                f"rule '{r.text}' only matches paths taken by earlier rules (e.g. "
-                f"{hits[0]!r})" if hits else f"rule '{r.text}' matches no parameter path"
-            )
+            if hits:
+                msgs.append(f"rule '{r.text}' only matches paths taken by earlier rules "
+                            f"(e.g. {hits[0]!r})")
+            elif self._is_embed_rule(i):
+                msgs.append(
+                    f"rule '{r.text}' (layer_decay_rules' embed_pattern) matches no "
+                    f"parameter path: for a model without an embedding use "
+                    f"layer_decay_rules(..., embed_pattern=None), else pass the "
+                    f"embedding's path pattern as embed_pattern")
+            else:
+                msgs.append(f"rule '{r.text}' matches no parameter path")
         return msgs
+
+    def _is_embed_rule(self, i: int) -> bool:
+        """Whether rule ``i`` is the embedding rule of :func:`layer_decay_rules`.
+
+        The pairs carry no mark (users rebuild them, e.g. into labels), so this
+        reads their structure: the rule comes right before the L layer rules
+        and, when the multipliers are numbers, it is ``decay**(L + 1)`` with
+        ``decay`` the multiplier of block L - 1.
+        """
+        layers = self.rules[i + 1:]
+        first = layers[0].pattern if layers else None
+        if not (isinstance(first, LayerIndexPattern) and first.index == 0
+                and len(layers) >= first.num_layers):
+            return False
+        last, value = layers[first.num_layers - 1], self.rules[i].value
+        if not isinstance(last.pattern, LayerIndexPattern):
+            return False
+        if isinstance(last.value, float) and isinstance(value, float):
+            return value == last.value ** (first.num_layers + 1)
+        return True
 
     def __call__(self, tree: Any):
         leaves, treedef = jax.tree_util.tree_flatten(tree)
@@ -353,8 +380,9 @@ def layer_decay_rules(
       layer_pattern: regex whose first capturing group is the block index. The
         default fits linen's ``layers_0`` naming; for ``nnx.List`` use
         ``r"layers/(\\d+)"``.
-      embed_pattern: regex for the embedding parameters; ``None`` for no
-        embedding rule.
+      embed_pattern: regex for the embedding parameters; ``None`` for a model
+        without an embedding (with ``strict``, a pattern that matches no
+        parameter is an error at ``init`` that suggests ``embed_pattern=None``).
 
     Returns:
       A list of ``(pattern, multiplier)`` pairs; prepend your own rules to give

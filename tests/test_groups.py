@@ -237,7 +237,8 @@ def test_layer_decay_rules_check_the_layer_count(linen_params):
         ox.scale_by_group(ox.layer_decay_rules(0.8, 1)).init(linen_params)
     with pytest.raises(ValueError, match=r"'layers_\(\\d\+\) == 2' matches no parameter"):
         ox.scale_by_group(ox.layer_decay_rules(0.8, 3)).init(linen_params)
-    with pytest.raises(ValueError, match=r"'embed' matches no parameter"):
+    with pytest.raises(ValueError, match=r"'embed' \(layer_decay_rules' embed_pattern\) "
+                                         r"matches no parameter.*embed_pattern=None"):
         ox.scale_by_group(ox.layer_decay_rules(0.8, 2)).init({"layers_0": 1.0, "layers_1": 1.0})
     no_embed = ox.layer_decay_rules(0.8, 2, embed_pattern=None)
     ox.scale_by_group(no_embed).init({"layers_0": 1.0, "layers_1": 1.0})
@@ -377,11 +378,39 @@ def test_label_by_path_errors_and_structure():
          r"layer_pattern=.*invalid regular expression"),
         (lambda: ox.layer_decay_rules(0.5, 2, embed_pattern="[emb"), ValueError,
          r"embed_pattern=.*invalid regular expression"),
+        # A model without an embedding: the default embed rule names its fix.
+        (lambda: ox.scale_by_group(ox.layer_decay_rules(0.5, 2)).init(_NO_EMBED), ValueError,
+         r"^scale_by_group\(strict=True\): rule 'embed' \(layer_decay_rules' embed_pattern\) "
+         r"matches no parameter path: for a model without an embedding use "
+         r"layer_decay_rules\(\.\.\., embed_pattern=None\)"),
+        (lambda: ox.scale_by_group(ox.layer_decay_rules(0.5, 2, embed_pattern="tok")).init(
+            _NO_EMBED), ValueError, r"rule 'tok' \(layer_decay_rules' embed_pattern\).*"
+         r"embed_pattern=None"),
+        (lambda: ox.label_by_path([(p, f"g{i}") for i, (p, _) in enumerate(
+            ox.layer_decay_rules(0.5, 2))], default="head")(_NO_EMBED), ValueError,
+         r"^label_by_path\(strict=True\): rule 'embed' \(layer_decay_rules' embed_pattern\)"),
+        # A rule of the user's own before the layer rules gets no such hint.
+        (lambda: ox.scale_by_group([("emb", 0.3)] + ox.layer_decay_rules(
+            0.5, 2, embed_pattern=None)).init(_NO_EMBED), ValueError,
+         r"rule 'emb' matches no parameter path\. Fix the pattern"),
     ],
 )
 def test_bad_arguments(call, err, msg):
     with pytest.raises(err, match=msg):
         call()
+
+
+_NO_EMBED = {"layers_0": {"kernel": jnp.ones(2)}, "layers_1": {"kernel": jnp.ones(2)},
+             "head": {"kernel": jnp.ones(2)}}
+
+
+def test_describe_groups_suggests_embed_pattern_none():
+    table = ox.describe_groups(_NO_EMBED, ox.layer_decay_rules(0.5, 2))
+    assert table.splitlines()[-1] == (
+        "note: rule 'embed' (layer_decay_rules' embed_pattern) matches no parameter path: "
+        "for a model without an embedding use layer_decay_rules(..., embed_pattern=None), "
+        "else pass the embedding's path pattern as embed_pattern")
+    ox.scale_by_group(ox.layer_decay_rules(0.5, 2, embed_pattern=None)).init(_NO_EMBED)
 
 
 def test_describe_groups(linen_params):
