@@ -7,7 +7,8 @@ MLP regresses a fixed random teacher network on synthetic data, with
   with ``optax.inject_hyperparams`` so that telemetry reports it;
 - layer-wise rates (LLRD) by parameter path with ``scale_by_group``; nnx
   paths of a ``nnx.List`` read ``layers/0/kernel``;
-- ``reduce_on_plateau`` on the mean training loss of each window of steps;
+- ``MetricPlateau``: torch's ``ReduceLROnPlateau`` stepped at the end of
+  each epoch (every ``plateau_window`` steps) on the loss of held-out data;
 - ``explosion_guard`` around all of it: a NaN batch (``corrupt_step``) is
   skipped, the optimizer state untouched;
 - ``telemetry(optimizer.opt_state)`` returned by the jitted step and logged
@@ -35,8 +36,8 @@ from optaxsched import schedules
 
 # The telemetry fields printed every ``log_every`` steps, by short name (the
 # last path component; the library's field names are unique). The full keys
-# depend on where each transform sits, e.g. ``inner_state/2/plateau_scale``.
-LOG_FIELDS = ("learning_rate", "last_grad_norm", "recovery_scale", "plateau_scale",
+# depend on where each transform sits, e.g. ``2/metric_plateau_scale``.
+LOG_FIELDS = ("learning_rate", "last_grad_norm", "recovery_scale", "metric_plateau_scale",
               "skipped_steps")
 
 
@@ -65,9 +66,10 @@ def make_data(key: jax.Array, n: int, dim: int) -> tuple[jax.Array, jax.Array]:
 
 
 def make_optimizer(
-    steps: int, peak_lr: float, depth: int, plateau_window: int
-) -> tuple[optax.GradientTransformationExtraArgs, list[tuple[Any, float]]]:
-    """The guarded optimizer and its per-group rules (for ``describe_groups``)."""
+    steps: int, peak_lr: float, depth: int
+) -> tuple[optax.GradientTransformationExtraArgs, list[tuple[Any, float]], ox.MetricPlateau]:
+    """The guarded optimizer, its per-group rules (for ``describe_groups``)
+    and the plateau rule the loop steps once per epoch."""
     warmup_steps = max(1, steps // 20)
     lr = schedules.warmup(
         schedules.cosine_decay(peak_lr, steps - warmup_steps, end_value=0.1 * peak_lr),
@@ -75,16 +77,16 @@ def make_optimizer(
     )
     # LLRD: the head at the full rate, each block below it 0.8x the one above.
     rules = ox.layer_decay_rules(0.8, num_layers=depth, layer_pattern=r"layers/(\d+)")
+    # Decides once per epoch, when the loop hands it the validation loss.
+    plateau = ox.MetricPlateau(factor=0.5, patience=2)
     inner = optax.chain(
         optax.inject_hyperparams(optax.adamw)(learning_rate=lr, weight_decay=1e-4),
         ox.scale_by_group(rules),
-        # One plateau decision per window of steps, on the window's mean loss,
-        # like a per-epoch torch ReduceLROnPlateau.
-        ox.reduce_on_plateau(factor=0.5, patience=2, accumulation_steps=plateau_window),
+        plateau,
     )
     # The guard wraps everything so that a skipped step reaches no inner state:
-    # a NaN loss never enters the plateau window, Adam's moments stay clean.
-    return ox.explosion_guard(inner), rules
+    # a NaN batch leaves Adam's moments and the statistics clean.
+    return ox.explosion_guard(inner), rules, plateau
 
 
 @nnx.jit
@@ -99,6 +101,12 @@ def train_step(
     loss, grads = nnx.value_and_grad(loss_fn)(model)
     optimizer.update(model, grads, value=loss)
     return loss, ox.telemetry(optimizer.opt_state)
+
+
+@nnx.jit
+def val_loss(model: ResidualMlp, x: jax.Array, y: jax.Array) -> jax.Array:
+    """The mean squared error on held-out data."""
+    return jnp.mean((model(x) - y) ** 2)
 
 
 def main(
@@ -124,7 +132,8 @@ def main(
       depth: number of residual blocks (``layers/0`` ...).
       peak_lr: learning rate after the warm-up.
       log_every: steps between telemetry logs.
-      plateau_window: steps averaged into one ``reduce_on_plateau`` decision.
+      plateau_window: steps per epoch; after each, ``MetricPlateau`` takes the
+        loss on held-out data.
       corrupt_step: a step whose batch is made NaN, to show the guard skip
         it; None: no corruption.
       seed: data, initialisation and batch order.
@@ -140,9 +149,11 @@ def main(
       (20, [0, 10, 19])
     """
     key_data, key_init, key_batches = jax.random.split(jax.random.key(seed), 3)
-    x_all, y_all = make_data(key_data, 16 * batch_size, dim)
+    x_all, y_all = make_data(key_data, 20 * batch_size, dim)
+    # The last fifth is held out: the validation loss the plateau rule reads.
+    (x_all, x_val), (y_all, y_val) = (jnp.split(a, [16 * batch_size]) for a in (x_all, y_all))
     model = ResidualMlp(dim, width, depth, rngs=nnx.Rngs(key_init))
-    tx, rules = make_optimizer(steps, peak_lr, depth, plateau_window)
+    tx, rules, plateau = make_optimizer(steps, peak_lr, depth)
     if verbose:
         print(ox.describe_groups(nnx.state(model, nnx.Param), rules))
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -157,6 +168,8 @@ def main(
             x = jnp.full_like(x, jnp.nan)
         loss, stats = train_step(model, optimizer, x, y)
         losses.append(float(loss))
+        if (t + 1) % plateau_window == 0:  # end of an epoch: updates the optimizer in place
+            plateau.step(optimizer.opt_state, val_loss(model, x_val, y_val))
         if t % log_every == 0 or t == steps - 1:
             # The only host transfer of the statistics: every log_every steps.
             log = {"step": t, "loss": float(loss)}

@@ -87,6 +87,6 @@ from optaxsched.groups import (
 __all__ += ["scale_by_group", "ScaleByGroupState", "label_by_path",
             "layer_decay_rules", "describe_groups", "tree_paths"]
 # --- telemetry ---
-from optaxsched.telemetry import telemetry
+from optaxsched.telemetry import effective_learning_rate, telemetry
 
-__all__ += ["telemetry"]
+__all__ += ["telemetry", "effective_learning_rate"]

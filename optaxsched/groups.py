@@ -44,6 +44,8 @@ __all__ = ["ScaleByGroupState", "tree_paths", "path_str", "scale_by_group",
 _BOX_FIELDS = ("value", "raw_value")
 # Most paths a strict-mode error lists before it abbreviates.
 _MAX_LISTED = 100
+# The name of the group of parameters that no rule matches.
+_DEFAULT_GROUP = "default"
 
 
 def _key_str(key: Any) -> str:
@@ -205,9 +207,15 @@ class ScaleByGroupState(NamedTuple):
     Attributes:
       group_count: updates made so far (int32, saturating); schedules in the
         rules are evaluated at this count.
+      group_multipliers: the multiplier of each group that holds a parameter
+        (float32 scalars keyed by the rule's pattern, ``"default"`` for
+        parameters no rule matches), as applied by the most recent update (at
+        ``init``: the first update's). :func:`effective_learning_rate` and
+        :func:`telemetry` read it.
     """
 
     group_count: jax.Array
+    group_multipliers: dict[str, jax.Array]
 
 
 def scale_by_group(
@@ -265,9 +273,25 @@ def scale_by_group(
     values = [r.value for r in compiled] + [default]  # index -1 is the default
     matcher = _Matcher(fn, compiled, strict)
 
+    def group_values(winners, count, multiplier=None):
+        """{group name: float32 multiplier} for the groups that hold a parameter."""
+        names = {}
+        default_name = _DEFAULT_GROUP
+        if any(r.text == _DEFAULT_GROUP for r in compiled):
+            default_name = f"{_DEFAULT_GROUP} (no rule)"
+        for k in sorted(set(winners), key=lambda k: k % len(values)):
+            name = compiled[k].text if k >= 0 else default_name
+            m = multiplier(k) if multiplier else values[k]
+            m = m(count) if callable(m) else m
+            # Each its own array (never a shared constant), so states can be donated.
+            names[name] = jnp.array(m, jnp.float32)
+        return dict(sorted(names.items()))  # jax's order for dict keys
+
     def init_fn(params):
-        matcher(params)
-        return ScaleByGroupState(group_count=jnp.zeros((), jnp.int32))
+        _, _, _, winners = matcher(params)
+        count = jnp.zeros((), jnp.int32)
+        return ScaleByGroupState(group_count=count,
+                                 group_multipliers=group_values(winners, count))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
@@ -289,7 +313,10 @@ def scale_by_group(
                 out.append(leaf if m == 1.0 else jnp.zeros_like(leaf))
             else:
                 out.append(nx.scale_leaf(leaf, m))
-        new_state = ScaleByGroupState(group_count=nx.saturating_increment(count))
+        new_state = ScaleByGroupState(
+            group_count=nx.saturating_increment(count),
+            group_multipliers=group_values(winners, count, multiplier),
+        )
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

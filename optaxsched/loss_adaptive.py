@@ -151,7 +151,8 @@ def reduce_on_plateau(
       eps: reductions smaller than this (in scale units) are skipped, >= 0.
       accumulation_steps: number of values averaged into one decision,
         int >= 1. Use the number of steps per epoch to reproduce a per-epoch
-        torch scheduler fed with the epoch's mean training loss.
+        torch scheduler fed with the epoch's mean training loss. To step on
+        a validation metric once per epoch, use :class:`MetricPlateau`.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires

@@ -54,9 +54,12 @@ def test_training_loop_example(name, capsys):
     short = {k.rsplit("/", 1)[-1]: v for k, v in last.items()}
     assert set(example.LOG_FIELDS) <= set(short)
     assert short["skipped_steps"] == 1
-    assert last["inner_state/0/hyperparams/learning_rate"] > 0
-    assert "inner_state/2/plateau_scale" in last
-    assert any(k.startswith("inner_state/1/") for k in last)  # scale_by_group
+    assert last["0/hyperparams/learning_rate"] > 0
+    assert "2/metric_plateau_scale" in last
+    # Stepped once per 4-step epoch; step 39's telemetry predates its epoch's end.
+    assert last["2/metric_plateau_steps"] == 40 // 4 - 1
+    assert any(k.startswith("1/group_multipliers/") for k in last)  # scale_by_group
+    assert last["effective_learning_rate/embed"] < last["effective_learning_rate/default"]
 
     printed = capsys.readouterr().out
     assert "layers" in printed and "skipped_steps" in printed

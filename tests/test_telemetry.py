@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
-import sys
-
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -39,8 +36,8 @@ def test_every_case_reports_its_scalar_fields(case, params):
     for i, g in enumerate(grad_sequence(2)):
         kw = {"value": jnp.float32(LOSSES[i])} if case.needs_value else {}
         _, state = tx.update(g, state, params, **kw)
-    stats = ox.telemetry(state)
-    every = ox.telemetry(state, per_tensor=True)
+    stats = ox.telemetry(state, full_paths=True)
+    every = ox.telemetry(state, per_tensor=True, full_paths=True)
     assert stats, case.name
     # The library's states hold statistics and parameter-shaped trees only,
     # so with per_tensor every 0-d leaf is reported, at its own path.
@@ -68,9 +65,10 @@ def test_keys_in_chain_guard_and_inject(params):
     assert "0/zclip_mean" in stats
     assert "1/skipped_steps" in stats
     assert "1/recovery/recovery_scale" in stats
-    assert "1/inner_state/hyperparams/learning_rate" in stats
-    assert "1/inner_state/hyperparams/momentum" in stats
+    assert "1/hyperparams/learning_rate" in stats
+    assert "1/hyperparams/momentum" in stats
     assert "2/plateau_scale" in stats
+    assert float(stats["effective_learning_rate/default"]) == pytest.approx(0.1)
     # sgd's momentum trace mirrors the parameters: not a statistic.
     assert not any("trace" in k for k in stats)
     assert all(v.ndim == 0 for v in stats.values())
@@ -86,10 +84,15 @@ def test_partition_and_multi_steps(params):
                         labels),
         every_k_schedule=2,
     )
-    stats = ox.telemetry(tx.init(params))
+    state = tx.init(params)
+    stats = ox.telemetry(state)
     assert "mini_step" in stats and "gradient_step" in stats
-    assert "inner_opt_state/inner_states/fast/inner_state/grad_norm" in stats
-    assert "inner_opt_state/inner_states/plateau/inner_state/plateau_best" in stats
+    assert "fast/grad_norm" in stats
+    assert "plateau/plateau_best" in stats
+    full = ox.telemetry(state, full_paths=True)
+    assert "inner_opt_state/inner_states/fast/inner_state/grad_norm" in full
+    assert full["inner_opt_state/inner_states/plateau/inner_state/plateau_best"] is (
+        stats["plateau/plateau_best"])
     # The accumulated gradients are parameter data.
     assert not any("acc_grads" in k for k in stats)
 
@@ -169,7 +172,8 @@ def test_linen_train_state(params):
     stats = ox.telemetry(state)
     assert int(stats["step"]) == 1
     assert int(stats["opt_state/0/guard_steps"]) == 1
-    assert "opt_state/0/inner_state/hyperparams/learning_rate" in stats
+    assert "opt_state/0/hyperparams/learning_rate" in stats
+    assert float(stats["effective_learning_rate/default"]) == pytest.approx(0.1)
     assert "opt_state/1/plateau_scale" in stats
     assert not any(k.startswith("params") for k in stats)
 
@@ -201,7 +205,7 @@ def test_nnx_optimizer_state_and_nnx_state():
 
     stats = step(model, optimizer, x)
     assert int(stats["1/guard_steps"]) == 1
-    assert "1/inner_state/hyperparams/learning_rate" in stats
+    assert "1/hyperparams/learning_rate" in stats
     assert "2/plateau_window_count" in stats
     assert not any("adagc_gamma" in k for k in stats)
     per_tensor = ox.telemetry(optimizer.opt_state, per_tensor=True)
@@ -211,11 +215,14 @@ def test_nnx_optimizer_state_and_nnx_state():
     # NamedTuples have become dicts: the Variable types tell them apart.
     from_state = ox.telemetry(nnx.state(optimizer))
     assert int(from_state["step"]) == 1
+    # nnx.state turns the state NamedTuples into dicts, so the effective learning
+    # rate (which reads them by type) comes from optimizer.opt_state only.
+    stats = {k: v for k, v in stats.items() if not k.startswith("effective_learning_rate")}
     assert {k.removeprefix("opt_state/") for k in from_state} - {"step"} == set(stats)
     for key, value in stats.items():
         np.testing.assert_array_equal(value, from_state["opt_state/" + key])
     assert ox.telemetry(nnx.state(optimizer), per_tensor=True).keys() == {
-        "opt_state/" + k for k in per_tensor} | {"step"}
+        "opt_state/" + k for k in per_tensor if not k.startswith("effective")} | {"step"}
 
 
 def test_duplicate_paths_and_bad_arguments():
@@ -233,8 +240,70 @@ def test_non_real_scalars_are_skipped():
     assert all(isinstance(v, jax.Array) for v in stats.values())
 
 
-def test_docstring_example_runs():
-    # ``optaxsched.telemetry`` is the function; the module is in sys.modules.
-    module = sys.modules["optaxsched.telemetry"]
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted and not result.failed
+def test_short_keys_fall_back_to_full_paths_where_they_collide():
+    tx = optax.chain(ox.explosion_guard(ox.explosion_guard(optax.sgd(0.1))),
+                     ox.clip_by_global_norm(1.0))
+    stats = ox.telemetry(tx.init({"w": jnp.ones(2)}))
+    # Both guards have skipped_steps: those keep their whole paths.
+    assert "0/skipped_steps" in stats and "0/inner_state/skipped_steps" in stats
+    assert "1/grad_norm" in stats  # no collision: short
+
+
+# ---------------------------------------------------------------------------
+# effective_learning_rate
+
+
+def _rates(state):
+    return {k: float(v) for k, v in ox.effective_learning_rate(state).items()}
+
+
+def test_effective_rate_through_guard_groups_plateaus_and_schedule():
+    params = {"embed": jnp.ones(2), "head": jnp.ones(2)}
+    schedule = ox.schedules.linear(1.0, 0.5, 2)
+    metric = ox.MetricPlateau(factor=0.5, patience=0)
+    tx = ox.explosion_guard(optax.chain(
+        optax.inject_hyperparams(optax.sgd)(learning_rate=schedule),
+        ox.scale_by_group({"embed": 0.1}),
+        ox.reduce_on_plateau(factor=0.5, patience=0),
+        metric,
+    ), watch_loss=False)
+    state = tx.init(params)
+    assert _rates(state) == pytest.approx({"embed": 0.1, "default": 1.0})
+    update = jax.jit(lambda g, s, v: tx.update(g, s, params, value=v))
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    _, state = update(grads, state, jnp.float32(1.0))
+    _, state = update(grads, state, jnp.float32(1.0))  # flat: plateau halves
+    state = metric.step(metric.step(state, 1.0), 1.0)  # MetricPlateau halves
+    # lr of update 1 is 0.75; x0.5 (plateau) x0.5 (metric plateau) x group.
+    assert _rates(state) == pytest.approx({"embed": 0.01875, "default": 0.1875})
+    # The recovery multiplier of the guard is a factor too.
+    state = state._replace(recovery=state.recovery._replace(
+        recovery_scale=jnp.float32(0.5)))
+    assert _rates(state)["default"] == pytest.approx(0.09375)
+    assert float(ox.telemetry(state)["effective_learning_rate/embed"]) == pytest.approx(
+        0.009375)
+
+
+def test_effective_rate_under_partition_and_jit():
+    params = {"backbone": {"kernel": jnp.ones(2)}, "head": jnp.ones(2)}
+    tx = optax.partition(
+        {"sgd": optax.chain(optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+                            ox.scale_by_group({"kernel": ox.schedules.constant(0.5)})),
+         "adam": optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)},
+        {"backbone": {"kernel": "sgd"}, "head": "adam"})
+    state = tx.init(params)
+    # The head's group of the sgd branch holds no parameter: not reported.
+    assert _rates(state) == pytest.approx({"sgd/kernel": 0.05, "adam": 1e-3})
+    rates = jax.jit(ox.effective_learning_rate)(state)
+    assert {k: float(v) for k, v in rates.items()} == pytest.approx(_rates(state))
+
+
+def test_effective_rate_needs_an_injected_learning_rate():
+    state = optax.chain(optax.adam(1e-3), ox.reduce_on_plateau()).init({"w": jnp.ones(2)})
+    with pytest.raises(ValueError, match="inject_hyperparams"):
+        ox.effective_learning_rate(state)
+    assert not any(k.startswith("effective") for k in ox.telemetry(state))
+    part = optax.partition({"a": optax.inject_hyperparams(optax.sgd)(learning_rate=0.1),
+                            "b": optax.sgd(0.1)}, {"w": "a", "v": "b"})
+    with pytest.raises(ValueError, match="group\\(s\\) 'b'"):
+        ox.effective_learning_rate(part.init({"w": jnp.ones(1), "v": jnp.ones(1)}))
