@@ -50,7 +50,7 @@ class TrainState(_train_state.TrainState):
       >>> x, y = jnp.ones((4, 2)), jnp.zeros((4, 1))
       >>> state = TrainState.create(
       ...     apply_fn=model.apply, params=model.init(jax.random.key(0), x)["params"],
-      ...     tx=optax.chain(optax.adam(1e-2), ox.reduce_on_plateau(patience=5)))
+      ...     tx=optax.chain(optax.sgd(0.1), ox.reduce_on_plateau(patience=5)))
       >>> @jax.jit
       ... def train_step(state, x, y):
       ...     def loss_fn(params):

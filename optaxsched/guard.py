@@ -330,14 +330,23 @@ def explosion_guard(
       :class:`ExplosionGuardState`.
 
     Example:
+      A NaN gradient and a x1e4 spike are skipped (zero updates); the
+      healthy steps around them are plain SGD's and the multiplier stays 1:
+
       >>> import jax.numpy as jnp, optax, optaxsched
-      >>> opt = optaxsched.explosion_guard(optax.adam(1e-3))
+      >>> tx = optaxsched.explosion_guard(optax.sgd(0.1))
       >>> params = {"w": jnp.ones(3)}
-      >>> state = opt.init(params)
-      >>> grads = {"w": jnp.array([1.0, jnp.nan, 0.0])}
-      >>> updates, state = opt.update(grads, state, params, value=jnp.float32(1.0))
-      >>> updates["w"], int(state.skipped_steps), float(state.recovery.recovery_scale)
-      (Array([0., 0., 0.], dtype=float32), 1, 1.0)
+      >>> state = tx.init(params)
+      >>> for g in [1.0, 1.2, 0.9, jnp.nan, 1.1, 1e4, 1.0]:
+      ...     updates, state = tx.update({"w": jnp.full(3, g)}, state, params,
+      ...                                value=jnp.float32(2.0))  # the loss
+      ...     params = optax.apply_updates(params, updates)
+      >>> params["w"]  # 1 - 0.1 * (1.0 + 1.2 + 0.9 + 1.1 + 1.0)
+      Array([0.48, 0.48, 0.48], dtype=float32)
+      >>> int(state.nonfinite_steps), int(state.norm_spike_steps), int(state.skipped_steps)
+      (1, 1, 2)
+      >>> float(state.recovery.recovery_scale)
+      1.0
 
     References:
       Chowdhery et al., "PaLM: Scaling Language Modeling with Pathways", 2022

@@ -9,8 +9,6 @@ output. Each configuration compiles one ``lax.scan`` over all steps.
 
 from __future__ import annotations
 
-import doctest
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -600,8 +598,3 @@ def test_bad_arguments_raise_at_construction(factory, kwargs, exc, msg):
         factory(**kwargs)
     assert msg in str(info.value)
     assert str(info.value).startswith(f"{factory.__name__}(")
-
-
-def test_docstring_examples_run():
-    result = doctest.testmod(clipping, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -3,7 +3,6 @@ feeding ``value=loss`` to the loss-adaptive transforms."""
 
 from __future__ import annotations
 
-import doctest
 import subprocess
 import sys
 from pathlib import Path
@@ -176,13 +175,6 @@ def test_nnx_optimizer_without_value_raises_the_library_error():
     with pytest.raises(TypeError, match="reduce_on_plateau needs the current loss"):
         optimizer.update(model, grads)
 
-
-def test_docstring_example_runs():
-    # Examples are user code: run them under JAX's default promotion (optax.adam
-    # is not strict-promotion clean).
-    with jax.numpy_dtype_promotion("standard"):
-        result = doctest.testmod(oxflax, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 3 and result.failed == 0
 
 
 def test_importing_optaxsched_does_not_import_flax():

@@ -5,7 +5,6 @@ against golden lr sequences recorded from torch itself
 
 from __future__ import annotations
 
-import doctest
 import functools
 import json
 import math
@@ -18,7 +17,6 @@ import optax
 import pytest
 
 import optaxsched as ox
-from optaxsched import loss_adaptive
 
 F32 = np.float32
 T = 48  # steps per sequence (the golden file's length)
@@ -480,10 +478,6 @@ def test_value_reaches_the_transform_through_wrappers(name, kind):
         if kind == "partition":
             np.testing.assert_array_equal(np.asarray(u["b"]), [0.0])
 
-
-def test_docstring_examples_run():
-    result = doctest.testmod(loss_adaptive, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 3 and result.failed == 0
 
 
 @pytest.mark.parametrize("name", sorted(FACTORIES))

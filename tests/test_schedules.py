@@ -12,7 +12,6 @@ schedules costs one compilation.
 from __future__ import annotations
 
 import bisect
-import doctest
 import json
 import math
 import pathlib
@@ -752,8 +751,3 @@ def test_bad_arguments_multiply():
 
 def test_every_schedule_has_a_bad_argument_test():
     assert {b[0] for b in BAD} | {"multiply"} == set(S.__all__)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(S, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= len(S.__all__) and result.failed == 0
