@@ -17,14 +17,9 @@ The metric sequences and hyperparameter sets are those of
 
 from __future__ import annotations
 
-import itertools
-import json
-import math
-from pathlib import Path
-
 import numpy as np
 import torch
-from generate_plateau_golden import CONFIGS, THRESHOLDS, T, _f32, sequences
+from generate_plateau_golden import T, _f32, record, sequences, write
 
 STEPS_PER_EPOCH = 3
 
@@ -58,29 +53,9 @@ def torch_epoch_lrs(metrics, mode, threshold_mode, threshold, factor, patience, 
 
 def main() -> None:
     seqs = metric_sequences()
-    cases = []
-    for mode, tmode in itertools.product(("min", "max"), ("rel", "abs")):
-        for (factor, patience, cooldown, min_lr, eps, _), thr in zip(CONFIGS, THRESHOLDS[tmode]):
-            for name, metrics in seqs.items():
-                if tmode == "rel" and min(v for v in metrics if math.isfinite(v)) < 0:
-                    continue  # optaxsched's rel mode is sign-aware on purpose
-                lrs = torch_epoch_lrs(metrics, mode, tmode, thr, factor, patience, cooldown,
-                                      min_lr, eps)
-                changes = [[t, lr] for t, lr in enumerate(lrs) if lr != (lrs[t - 1] if t else 1.0)]
-                cases.append(dict(
-                    sequence=name, mode=mode, threshold_mode=tmode, threshold=thr,
-                    factor=factor, patience=patience, cooldown=cooldown, min_scale=min_lr,
-                    eps=eps, changes=changes))
-    out = {
-        "torch_version": torch.__version__.split("+")[0],
-        "epochs": T,
-        "steps_per_epoch": STEPS_PER_EPOCH,
-        "sequences": {k: [None if math.isnan(x) else x for x in v] for k, v in seqs.items()},
-        "cases": cases,
-    }
-    path = Path(__file__).with_name("metric_plateau_golden.json")
-    path.write_text(json.dumps(out, separators=(",", ":")) + "\n")
-    print(f"wrote {len(cases)} cases to {path}")
+    write("metric_plateau_golden.json", seqs,
+          record(seqs, lambda *a: torch_epoch_lrs(*a[:-1]), windows=False),
+          epochs=T, steps_per_epoch=STEPS_PER_EPOCH)
 
 
 if __name__ == "__main__":

@@ -82,30 +82,46 @@ def torch_lrs(values, mode, threshold_mode, threshold, factor, patience, cooldow
     return lrs
 
 
-def main() -> None:
-    seqs = sequences()
+def record(seqs, lrs_of, *, windows: bool = True) -> list[dict]:
+    """One case per (mode, threshold mode, config, sequence) where optaxsched
+    and torch agree by design: ``lrs_of(values, mode, threshold_mode,
+    threshold, factor, patience, cooldown, min_lr, eps, k)`` runs torch and
+    returns the lr of every update; only the changes are kept. ``windows``:
+    the configs' ``accumulation_steps`` apply (and are recorded)."""
     cases = []
     for mode, tmode in itertools.product(("min", "max"), ("rel", "abs")):
         for (factor, patience, cooldown, min_lr, eps, k), thr in zip(CONFIGS, THRESHOLDS[tmode]):
             for name, values in seqs.items():
                 if tmode == "rel" and min(v for v in values if math.isfinite(v)) < 0:
-                    continue
-                lrs = torch_lrs(values, mode, tmode, thr, factor, patience, cooldown,
-                                min_lr, eps, k)
+                    continue  # optaxsched's rel mode is sign-aware on purpose
+                lrs = lrs_of(values, mode, tmode, thr, factor, patience, cooldown, min_lr, eps,
+                             k if windows else 1)
                 changes = [[t, lr] for t, lr in enumerate(lrs) if lr != (lrs[t - 1] if t else 1.0)]
-                cases.append(dict(
-                    sequence=name, mode=mode, threshold_mode=tmode, threshold=thr,
-                    factor=factor, patience=patience, cooldown=cooldown, min_scale=min_lr,
-                    eps=eps, accumulation_steps=k, changes=changes))
+                case = dict(sequence=name, mode=mode, threshold_mode=tmode, threshold=thr,
+                            factor=factor, patience=patience, cooldown=cooldown,
+                            min_scale=min_lr, eps=eps)
+                if windows:
+                    case["accumulation_steps"] = k
+                cases.append({**case, "changes": changes})
+    return cases
+
+
+def write(filename: str, seqs, cases, **header) -> None:
+    """Writes the cases and their value sequences (NaN as null) beside this file."""
     out = {
         "torch_version": torch.__version__.split("+")[0],
-        "length": T,
+        **header,
         "sequences": {k: [None if math.isnan(x) else x for x in v] for k, v in seqs.items()},
         "cases": cases,
     }
-    path = Path(__file__).with_name("plateau_golden.json")
+    path = Path(__file__).with_name(filename)
     path.write_text(json.dumps(out, separators=(",", ":")) + "\n")
     print(f"wrote {len(cases)} cases to {path}")
+
+
+def main() -> None:
+    seqs = sequences()
+    write("plateau_golden.json", seqs, record(seqs, torch_lrs), length=T)
 
 
 if __name__ == "__main__":
