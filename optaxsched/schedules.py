@@ -55,6 +55,7 @@ __all__ = [
     "constant", "step_decay", "multistep_decay", "piecewise_constant", "exponential_decay",
     "inverse_time_decay", "power_decay", "inverse_sqrt", "linear", "polynomial_decay",
     "cosine_decay", "cosine_restarts", "cyclic", "one_cycle", "wsd", "warmup", "join", "multiply",
+    "per_epoch",
 ]
 
 Schedule = Callable[[Any], jax.Array]
@@ -1091,3 +1092,38 @@ def multiply(*schedules: Schedule) -> Schedule:
         return _out(v, t)
 
     return _compiled(product)
+
+
+def per_epoch(schedule: Schedule, steps_per_epoch: int) -> Schedule:
+    """Holds a per-epoch schedule for every update of the epoch.
+
+    ``lr(t) = schedule(t // steps_per_epoch)`` (integer division, exact under
+    ``jit``): a schedule written in epochs (torch's ``scheduler.step()`` once
+    per epoch, timm's ``t_in_epochs=True``, a Keras ``LearningRateScheduler``)
+    evaluated at every update.
+
+    Args:
+      schedule: any ``epoch -> value`` function.
+      steps_per_epoch: updates per epoch, an int >= 1.
+
+    Returns:
+      ``schedule(step) -> float32 array``.
+
+    Example:
+      >>> lr = per_epoch(cosine_decay(1.0, decay_steps=4), steps_per_epoch=10)
+      >>> [round(float(lr(t)), 4) for t in (0, 9, 10, 25, 40)]
+      [1.0, 1.0, 0.8536, 0.5, 0.0]
+
+    References:
+      timm ``Scheduler(t_in_epochs=True)``; torch's per-epoch
+      ``scheduler.step()``.
+    """
+    fn = "per_epoch"
+    check_callable(fn, "schedule", schedule)
+    _count(fn, "steps_per_epoch", steps_per_epoch, ge=1)
+    k = int(steps_per_epoch)
+
+    def held(t):
+        return _out(_call(schedule, t // k), t)
+
+    return _compiled(held)

@@ -176,6 +176,10 @@ def r_join(t, schedules, boundaries):
     return schedules[k](t - (boundaries[k - 1] if k else 0))
 
 
+def r_per_epoch(t, schedule, steps_per_epoch):
+    return schedule(t // steps_per_epoch)
+
+
 def r_multiply(t, *schedules):
     return math.prod(s(t) for s in schedules)
 
@@ -188,7 +192,7 @@ def build(spec):
         pairs = [build(s) for s in kwargs["schedules"]]
         kwargs["schedules"] = [p[0] for p in pairs]
         ref_kwargs["schedules"] = [p[1] for p in pairs]
-    if fn == "warmup":
+    if fn in ("warmup", "per_epoch"):
         kwargs["schedule"], ref_kwargs["schedule"] = build(kwargs["schedule"])
     if fn == "multiply":
         pairs = [build(s) for s in kwargs.pop("schedules")]
@@ -301,6 +305,10 @@ CASES = {
     "multiply": sp("multiply", schedules=[sp("constant", value=2.0),
                                           sp("linear", init_value=1.0, end_value=0.0,
                                              transition_steps=10)]),
+    "per_epoch_cos": sp("per_epoch", schedule=sp("cosine_decay", init_value=0.1,
+                                                 decay_steps=20), steps_per_epoch=7),
+    "per_epoch_1": sp("per_epoch", schedule=sp("step_decay", init_value=1.0, step_size=3),
+                      steps_per_epoch=1),
     "multiply_mod": sp("multiply", schedules=[
         sp("cosine_decay", init_value=1.0, decay_steps=100),
         sp("cyclic", base_value=0.5, max_value=1.0, step_size_up=5)]),
@@ -686,6 +694,8 @@ BAD = [
      "wsd(decay_steps=101): decay_steps must be <= total_steps = 100"),
     ("warmup", dict(schedule=0.1, warmup_steps=5), TypeError, "schedule"),
     ("warmup", dict(schedule=_cos, warmup_steps=-1), ValueError, "warmup_steps"),
+    ("per_epoch", dict(schedule=_cos, steps_per_epoch=0), ValueError, "steps_per_epoch"),
+    ("per_epoch", dict(schedule=0.1, steps_per_epoch=5), TypeError, "schedule"),
     ("warmup", dict(schedule=_cos, warmup_steps=5, init_value="0"), TypeError, "init_value"),
     ("warmup", dict(schedule=_cos, warmup_steps=5, init_value=-0.1), ValueError, "init_value"),
     ("warmup", dict(schedule=_cos, warmup_steps=5, prefix="no"), TypeError, "prefix"),
@@ -719,7 +729,7 @@ def test_negative_rates_are_refused_with_the_way_to_ascend():
     """Every schedule with a learning-rate argument has a negative-rate case in
     BAD, and each message says how to do gradient ascent on purpose."""
     cases = [(fn, kw) for fn, kw, exc, _ in BAD if exc is ValueError and _negative_rate(kw)]
-    assert {fn for fn, _ in cases} == set(S.__all__) - {"join", "multiply"}
+    assert {fn for fn, _ in cases} == set(S.__all__) - {"join", "multiply", "per_epoch"}
     for fn, kw in cases:
         with pytest.raises(ValueError, match=r"must be >= 0: a negative learning rate.*"
                                              r"optax\.scale\(-1\.0\)"):
