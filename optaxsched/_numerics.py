@@ -24,6 +24,8 @@ __all__ = [
     "global_norm_and_finite",
     "leaf_sq_norms",
     "safe_sqrt",
+    "hyper_f32",
+    "hyper_i32",
     "saturating_increment",
     "increment_or_reset",
     "ema",
@@ -106,6 +108,20 @@ def leaf_sq_norms(tree: Any, axis_name: str | None = None) -> Any:
         return jnp.zeros((), jnp.float32)
 
     return jax.tree_util.tree_map(one, tree)
+
+
+def hyper_f32(x: Any) -> jax.Array:
+    """A hyperparameter as a float32 scalar for the statistics.
+
+    ``optax.inject_hyperparams`` hands float hyperparameters over in the
+    params' dtype (bf16 for bf16 params); the statistics stay float32.
+    """
+    return jnp.asarray(x).astype(jnp.float32)
+
+
+def hyper_i32(x: Any) -> jax.Array:
+    """An integer hyperparameter (possibly injected) as an int32 scalar."""
+    return jnp.asarray(x).astype(jnp.int32)
 
 
 def saturating_increment(count: jax.Array) -> jax.Array:

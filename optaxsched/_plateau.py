@@ -8,12 +8,12 @@ loop hands it a metric, typically once per epoch on a validation score).
 
 from __future__ import annotations
 
-import sys
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from optaxsched import _nnx
 from optaxsched import _numerics as nm
 from optaxsched import _validation as val
 
@@ -58,14 +58,8 @@ def initial_best(rule: PlateauRule) -> jax.Array:
     return jnp.asarray(jnp.inf if rule.mode == "min" else -jnp.inf, _F32)
 
 
-def _f32(x: Any) -> jax.Array:
-    # inject_hyperparams hands float hyperparameters over in the params' dtype
-    # (bf16 for bf16 params); the decision stays float32 regardless.
-    return jnp.asarray(x).astype(_F32)
-
-
 def _is_better(rule: PlateauRule, a: jax.Array, best: jax.Array) -> jax.Array:
-    thr = _f32(rule.threshold)
+    thr = nm.hyper_f32(rule.threshold)
     if rule.threshold_mode == "rel":
         # |best|·θ is inf − inf = NaN for the initial ±inf best; no margin then.
         margin = jnp.where(jnp.isfinite(best), jnp.abs(best) * thr, 0.0)
@@ -87,14 +81,14 @@ def plateau_decision(rule: PlateauRule, scale: jax.Array, best: jax.Array, bad: 
     in_cooldown = cooldown > 0
     cd = jnp.where(in_cooldown, cooldown - 1, cooldown)
     bad = jnp.where(in_cooldown, 0, bad)
-    trigger = bad > jnp.asarray(rule.patience).astype(_I32)
-    candidate = jnp.maximum(scale * _f32(rule.factor), _f32(rule.min_scale))
-    apply = trigger & (scale - candidate > _f32(rule.eps))
+    trigger = bad > nm.hyper_i32(rule.patience)
+    candidate = jnp.maximum(scale * nm.hyper_f32(rule.factor), nm.hyper_f32(rule.min_scale))
+    apply = trigger & (scale - candidate > nm.hyper_f32(rule.eps))
     return (
         jnp.where(apply, candidate, scale),
         best,
         jnp.where(trigger, 0, bad).astype(_I32),
-        jnp.where(trigger, jnp.asarray(rule.cooldown).astype(_I32), cd).astype(_I32),
+        jnp.where(trigger, nm.hyper_i32(rule.cooldown), cd).astype(_I32),
         jnp.where(apply, nm.saturating_increment(reductions), reductions),
     )
 
@@ -125,36 +119,12 @@ class MetricPlateauState(NamedTuple):
 def _metric(value: Any) -> jax.Array:
     """The metric as a float32 scalar, or a TypeError/ValueError naming it."""
     fn = "MetricPlateau.step"
-    if isinstance(value, (str, bytes, bool)) or value is None:
-        raise TypeError(f"{fn}(metric={value!r}): metric must be a real scalar, e.g. "
-                        "the epoch's validation loss or accuracy")
-    try:
-        arr = jnp.asarray(value)
-    except TypeError:
-        raise TypeError(f"{fn}(metric={value!r}): metric must be a real scalar, got "
-                        f"{type(value).__name__}") from None
+    arr = jnp.asarray(val.check_value(fn, value, name="metric", what="the epoch's metric",
+                                      example="val_accuracy"))
     if arr.shape != ():
         raise ValueError(f"{fn}: metric must be a scalar, got an array of shape {arr.shape}; "
                          "pass e.g. metric=accuracy.mean()")
-    if not (jnp.issubdtype(arr.dtype, jnp.floating) or jnp.issubdtype(arr.dtype, jnp.integer)):
-        raise TypeError(f"{fn}: metric must be a real scalar, got dtype {arr.dtype}")
     return arr.astype(_F32)
-
-
-def _unbox(x: Any) -> tuple[Any, bool]:
-    """An nnx ``Variable``'s value and True, or ``(x, False)``. flax is never
-    imported here: a Variable can only exist once it is."""
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is not None and isinstance(x, nnx.Variable):
-        return (x.get_value() if hasattr(x, "get_value") else x.value), True
-    return x, False
-
-
-def _rebox(var: Any, value: jax.Array) -> None:
-    if hasattr(var, "set_value"):
-        var.set_value(value)
-    else:  # flax releases before get_value/set_value
-        var.value = value
 
 
 class MetricPlateau:
@@ -252,8 +222,7 @@ class MetricPlateau:
 
     def _advance(self, state: MetricPlateauState, metric: jax.Array,
                  when: jax.Array) -> MetricPlateauState:
-        fields = [_unbox(x) for x in state]
-        old = [v for v, _ in fields]
+        old = [_nnx.unbox(x) for x in state]
         scale, best, bad, cd, reductions, steps = old
         decided = plateau_decision(self.rule, scale, best, bad, cd, reductions, metric,
                                    jnp.isfinite(metric))
@@ -262,9 +231,9 @@ class MetricPlateau:
         # old one a caller may donate, the new one) share a buffer.
         new = [jnp.where(when, n, o).astype(jnp.asarray(o).dtype)
                for n, o in zip(decided, old)]
-        if any(boxed for _, boxed in fields):
+        if any(map(_nnx.is_variable, state)):
             for var, value in zip(state, new):
-                _rebox(var, value)  # nnx Variables are updated in place
+                _nnx.set_value(var, value)  # nnx Variables are updated in place
             return state
         return MetricPlateauState(*new)
 
@@ -317,5 +286,5 @@ class MetricPlateau:
             opt_state, is_leaf=lambda x: isinstance(x, MetricPlateauState))
         for node in nodes:
             if isinstance(node, MetricPlateauState):
-                return jnp.array(_unbox(node.metric_plateau_scale)[0], copy=True)
+                return jnp.array(_nnx.unbox(node.metric_plateau_scale), copy=True)
         raise ValueError("MetricPlateau.scale: opt_state holds no MetricPlateauState")

@@ -192,14 +192,16 @@ def _short_repr(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def check_value(fn: str, value: Any) -> Any:
-    """Checks the loss passed as ``update(..., value=...)`` and returns it.
+def check_value(fn: str, value: Any, *, name: str = "value", what: str = "the loss",
+                example: str = "loss") -> Any:
+    """Checks the loss passed as ``update(..., value=...)`` (or another real
+    scalar argument ``name``: ``what``, e.g. ``example``) and returns it.
 
     Accepted: a Python ``int``/``float``, or a NumPy/JAX array or scalar
     (traced included: only its dtype is read) of a real -- integer or
     floating -- dtype. A string, a bool, a complex number, a container
     (dict, list, tuple or any other pytree) or an array of another dtype is a
-    ``TypeError`` naming ``fn`` and ``value``. The shape is the caller's to
+    ``TypeError`` naming ``fn`` and ``name``. The shape is the caller's to
     check.
     """
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -215,13 +217,13 @@ def check_value(fn: str, value: Any) -> Any:
     elif isinstance(value, arrays):
         got = f"an array of dtype {dtype}"
     elif not jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(value)):
-        got = f"a {type(value).__name__}; pass one loss, not a container of them"
+        got = f"a {type(value).__name__}; pass one {example}, not a container of them"
     else:
         got = f"a {type(value).__name__}"
     raise TypeError(
-        f"{fn}(value={_short_repr(value)}): value must be the loss as a real scalar: "
-        f"pass value=loss with loss a float array of shape () or a Python float; "
-        f"got {got}"
+        f"{fn}({name}={_short_repr(value)}): {name} must be {what} as a real scalar: "
+        f"pass {name}={example} with {example} a float array of shape () or a Python "
+        f"float; got {got}"
     )
 
 

@@ -55,16 +55,6 @@ def _loss_value(fn: str, extra_args: dict[str, Any]) -> jax.Array:
     return jnp.asarray(value).astype(_F32)
 
 
-def _f32(x: Any) -> jax.Array:
-    # inject_hyperparams hands float hyperparameters over in the params' dtype
-    # (bf16 for bf16 params); the statistics stay float32 regardless.
-    return jnp.asarray(x).astype(_F32)
-
-
-def _i32(x: Any) -> jax.Array:
-    return jnp.asarray(x).astype(_I32)
-
-
 # --------------------------------------------------------------------------
 # reduce_on_plateau
 
@@ -197,7 +187,7 @@ def reduce_on_plateau(
         wsum = state.plateau_window_sum + jnp.where(finite, value, 0.0)
         wcount = state.plateau_window_count + 1
         wbad = state.plateau_window_nonfinite + (~finite).astype(_I32)
-        window_done = wcount >= _i32(accumulation_steps)
+        window_done = wcount >= nm.hyper_i32(accumulation_steps)
         mean = wsum / wcount.astype(_F32)
         # A sum of finite values can still overflow to inf: check the mean too.
         mean_ok = (wbad == 0) & jnp.isfinite(mean)
@@ -406,7 +396,7 @@ def bold_driver(
     def init_fn(params):
         del params
         return BoldDriverState(
-            bold_scale=_f32(max_scale),
+            bold_scale=nm.hyper_f32(max_scale),
             bold_prev_loss=jnp.asarray(jnp.inf, _F32),
             bold_rises=jnp.zeros((), _I32),
         )
@@ -418,11 +408,12 @@ def bold_driver(
         finite = jnp.isfinite(value)
         prev_finite = jnp.isfinite(prev)
         limit = jnp.where(
-            prev_finite, prev + (_f32(tolerance) - 1.0) * jnp.abs(prev), jnp.inf
+            prev_finite, prev + (nm.hyper_f32(tolerance) - 1.0) * jnp.abs(prev), jnp.inf
         )
         fine = finite & (value <= limit)
-        factor = jnp.where(fine, _f32(increase), _f32(decrease))
-        scale = jnp.clip(state.bold_scale * factor, _f32(min_scale), _f32(max_scale))
+        factor = jnp.where(fine, nm.hyper_f32(increase), nm.hyper_f32(decrease))
+        scale = jnp.clip(state.bold_scale * factor, nm.hyper_f32(min_scale),
+                         nm.hyper_f32(max_scale))
         new_state = BoldDriverState(
             bold_scale=scale,
             bold_prev_loss=jnp.where(finite, value, prev),

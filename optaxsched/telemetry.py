@@ -12,13 +12,13 @@ jitted training step can return the dict next to the loss.
 from __future__ import annotations
 
 import collections
-import sys
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optaxsched import _nnx
 from optaxsched._rules import check_bool
 from optaxsched.groups import path_str
 
@@ -53,9 +53,9 @@ def _nnx_kind(x: Any) -> str | None:
     holds parameters. Other Variables take their place from the structure.
     flax is never imported here: an nnx Variable can only exist once it is.
     """
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is None or not isinstance(x, nnx.Variable):
+    if not _nnx.is_variable(x):
         return None
+    nnx = _nnx.nnx_module()
     opt = getattr(getattr(nnx, "training", None), "optimizer", None)
     opt_variable = getattr(opt, "OptVariable", None)
     opt_state = getattr(opt, "OptState", None)
@@ -247,7 +247,7 @@ def telemetry(opt_state: Any, *, per_tensor: bool = False,
     walk(opt_state, (), _STATE)
     out = _keyed(found, full_paths)
     if not full_paths:
-        for group, lr in _effective_rates(opt_state, strict=False).items():
+        for group, lr in _effective_rates(opt_state, strict=False, memo=memo).items():
             out.setdefault(f"effective_learning_rate/{group}", lr)
     return out
 
@@ -301,12 +301,6 @@ _Group = tuple[tuple[str, ...], Any, bool]
 _ONE: list[_Group] = [((), None, False)]
 
 
-def _unbox(x: Any) -> Any:
-    if _nnx_kind(x) is None:
-        return x
-    return x.get_value() if hasattr(x, "get_value") else x.value
-
-
 def _times(a: Any, b: Any) -> Any:
     if a is None or b is None:
         return b if a is None else a
@@ -324,41 +318,37 @@ def _own_factors(node: Any) -> list[_Group]:
     for field in node._fields:
         value = getattr(node, field)
         if field in _SCALE_FIELDS:
-            groups = _product(groups, [((), _unbox(value), False)])
+            groups = _product(groups, [((), _nnx.unbox(value), False)])
         elif field == _HYPERPARAMS and isinstance(value, dict) and _LEARNING_RATE in value:
-            groups = _product(groups, [((), _unbox(value[_LEARNING_RATE]), True)])
+            groups = _product(groups, [((), _nnx.unbox(value[_LEARNING_RATE]), True)])
         elif field == _GROUP_FIELD and isinstance(value, dict):
-            groups = _product(groups, [((str(k),), _unbox(v), False) for k, v in value.items()])
+            groups = _product(groups, [((str(k),), _nnx.unbox(v), False) for k, v in value.items()])
     if type(node).__name__ == "ReduceLROnPlateauState" and "scale" in node._fields:
-        groups = _product(groups, [((), _unbox(node.scale), False)])  # optax.contrib's
+        groups = _product(groups, [((), _nnx.unbox(node.scale), False)])  # optax.contrib's
     return groups
 
 
-def _rate_groups(node: Any) -> list[_Group]:
+def _rate_groups(node: Any, memo: dict[int, tuple[Any, bool]]) -> list[_Group]:
     """Every parameter group below ``node`` with the product of the
-    multipliers along its way."""
+    multipliers along its way (``memo``: that of :func:`_holds_state`)."""
     if _nnx_kind(node) is not None or _is_scalar_like(node) or node is None:
         return _ONE
-    if _is_namedtuple(node):
-        groups = _own_factors(node)
-        for field in node._fields:
-            child = getattr(node, field)
-            if field == _PARTITION_FIELD and isinstance(child, dict):
-                branches = [((str(label), *p), f, h) for label, sub in child.items()
-                            for p, f, h in _rate_groups(sub)]
-                groups = _product(groups, branches)
-            elif field not in _STAT_DICTS and _holds_state(child, {}):
-                groups = _product(groups, _rate_groups(child))
-        return groups
-    groups = _ONE
-    for _, child in _children(node):
-        if _holds_state(child, {}):
-            groups = _product(groups, _rate_groups(child))
+    state = _is_namedtuple(node)
+    groups = _own_factors(node) if state else _ONE
+    for entry, child in _children(node):
+        field = _entry_name(entry) if state else None
+        if field == _PARTITION_FIELD and isinstance(child, dict):
+            branches = [((str(label), *p), f, h) for label, sub in child.items()
+                        for p, f, h in _rate_groups(sub, memo)]
+            groups = _product(groups, branches)
+        elif field not in _STAT_DICTS and _holds_state(child, memo):
+            groups = _product(groups, _rate_groups(child, memo))
     return groups
 
 
-def _effective_rates(opt_state: Any, strict: bool) -> dict[str, jax.Array]:
-    groups = _rate_groups(opt_state)
+def _effective_rates(opt_state: Any, strict: bool,
+                     memo: dict[int, tuple[Any, bool]] | None = None) -> dict[str, jax.Array]:
+    groups = _rate_groups(opt_state, {} if memo is None else memo)
     missing = [p for p, _, has_lr in groups if not has_lr]
     if strict and missing:
         names = ", ".join(repr("/".join(p) or _DEFAULT_GROUP) for p in missing)
