@@ -273,37 +273,41 @@ def scale_by_group(
     values = [r.value for r in compiled] + [default]  # index -1 is the default
     matcher = _Matcher(fn, compiled, strict)
 
-    def group_values(winners, count, multiplier=None):
-        """{group name: float32 multiplier} for the groups that hold a parameter."""
-        names = {}
-        default_name = _DEFAULT_GROUP
-        if any(r.text == _DEFAULT_GROUP for r in compiled):
-            default_name = f"{_DEFAULT_GROUP} (no rule)"
-        for k in sorted(set(winners), key=lambda k: k % len(values)):
-            name = compiled[k].text if k >= 0 else default_name
-            m = multiplier(k) if multiplier else values[k]
-            m = m(count) if callable(m) else m
-            # Each its own array (never a shared constant), so states can be donated.
-            names[name] = jnp.array(m, jnp.float32)
+    # Each rule's group name in the state; index -1 is the default's.
+    default_name = _DEFAULT_GROUP
+    if any(r.text == _DEFAULT_GROUP for r in compiled):
+        default_name = f"{_DEFAULT_GROUP} (no rule)"
+    group_names = [r.text for r in compiled] + [default_name]
+
+    def multipliers_at(count):
+        """``k -> rule k's multiplier at count``, each schedule evaluated once."""
+        cache: dict[int, Any] = {}
+
+        def multiplier(k):
+            if k not in cache:
+                m = values[k]
+                cache[k] = jnp.asarray(m(count), jnp.float32) if callable(m) else m
+            return cache[k]
+
+        return multiplier
+
+    def group_values(winners, multiplier):
+        """{group name: float32 multiplier} for the groups that hold a parameter,
+        each its own array (never a shared constant, so states can be donated)."""
+        names = {group_names[k]: jnp.array(multiplier(k), jnp.float32) for k in set(winners)}
         return dict(sorted(names.items()))  # jax's order for dict keys
 
     def init_fn(params):
         _, _, _, winners = matcher(params)
         count = jnp.zeros((), jnp.int32)
-        return ScaleByGroupState(group_count=count,
-                                 group_multipliers=group_values(winners, count))
+        return ScaleByGroupState(
+            group_count=count, group_multipliers=group_values(winners, multipliers_at(count)))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         leaves, treedef, _, winners = matcher(updates)
         count = state.group_count
-        multipliers: dict[int, Any] = {}
-
-        def multiplier(k):
-            if k not in multipliers:
-                m = values[k]
-                multipliers[k] = jnp.asarray(m(count), jnp.float32) if callable(m) else m
-            return multipliers[k]
+        multiplier = multipliers_at(count)
 
         out = []
         for leaf, k in zip(leaves, winners):
@@ -315,7 +319,7 @@ def scale_by_group(
                 out.append(nx.scale_leaf(leaf, m))
         new_state = ScaleByGroupState(
             group_count=nx.saturating_increment(count),
-            group_multipliers=group_values(winners, count, multiplier),
+            group_multipliers=group_values(winners, multiplier),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state
 
