@@ -10,16 +10,16 @@
 
 Every transform is an ``optax.GradientTransformationExtraArgs``: chain it with
 ``optax.chain`` and pass ``value=loss`` to ``update`` where a transform reads it.
+
+Each public name has one import path: ``optaxsched.NAME``,
+``optaxsched.schedules.NAME`` or ``optaxsched.flax.NAME`` (flax is imported only
+by the last). The modules named with a leading underscore are private.
 """
 
+from importlib import metadata as _metadata
+
 from optaxsched import schedules
-
-__version__ = "0.1.0"
-__all__ = ["schedules"]
-
-# Each module's public names are imported and listed once, in its own block.
-# --- clipping ---
-from optaxsched.clipping import (
+from optaxsched._clipping import (
     ClipByEmaRatioState,
     ClipByGlobalNormState,
     ClipByPercentileState,
@@ -33,8 +33,34 @@ from optaxsched.clipping import (
     scale_by_grad_norm,
     scale_by_grad_norm_rms,
 )
+from optaxsched._groups import (
+    ScaleByGroupState,
+    describe_groups,
+    label_by_path,
+    layer_decay_rules,
+    scale_by_group,
+)
+from optaxsched._guard import ExplosionGuardState, explosion_guard
+from optaxsched._loss_adaptive import (
+    BoldDriverState,
+    ReduceOnPlateauState,
+    ScaleByLossState,
+    bold_driver,
+    reduce_on_plateau,
+    scale_by_loss,
+)
+from optaxsched._paths import tree_paths
+from optaxsched._plateau import MetricPlateau, MetricPlateauState
+from optaxsched._telemetry import effective_learning_rate, telemetry
 
-__all__ += [
+try:
+    __version__ = _metadata.version("optaxsched")
+except _metadata.PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "schedules",
+    # Gradient-norm-adaptive scaling and clipping.
     "clip_by_global_norm",
     "scale_by_grad_norm",
     "scale_by_grad_norm_rms",
@@ -47,46 +73,26 @@ __all__ += [
     "ClipByZscoreState",
     "ClipByPercentileState",
     "ClipByEmaRatioState",
-]
-# --- guard ---
-from optaxsched.guard import ExplosionGuardState, explosion_guard
-
-__all__ += ["explosion_guard", "ExplosionGuardState"]
-# --- loss_adaptive ---
-from optaxsched.loss_adaptive import (
-    BoldDriverState,
-    ReduceOnPlateauState,
-    ScaleByLossState,
-    bold_driver,
-    reduce_on_plateau,
-    scale_by_loss,
-)
-
-__all__ += [
-    "BoldDriverState",
-    "ReduceOnPlateauState",
-    "ScaleByLossState",
-    "bold_driver",
+    # Explosion detection and recovery.
+    "explosion_guard",
+    "ExplosionGuardState",
+    # Loss- and metric-adaptive scaling.
     "reduce_on_plateau",
+    "bold_driver",
     "scale_by_loss",
+    "ReduceOnPlateauState",
+    "BoldDriverState",
+    "ScaleByLossState",
+    "MetricPlateau",
+    "MetricPlateauState",
+    # Per-parameter rates by parameter path.
+    "scale_by_group",
+    "ScaleByGroupState",
+    "label_by_path",
+    "layer_decay_rules",
+    "describe_groups",
+    "tree_paths",
+    # Reading statistics out of optimizer states.
+    "telemetry",
+    "effective_learning_rate",
 ]
-# --- plateau stepped on a metric ---
-from optaxsched._plateau import MetricPlateau, MetricPlateauState
-
-__all__ += ["MetricPlateau", "MetricPlateauState"]
-# --- groups ---
-from optaxsched.groups import (
-    ScaleByGroupState,
-    describe_groups,
-    label_by_path,
-    layer_decay_rules,
-    scale_by_group,
-    tree_paths,
-)
-
-__all__ += ["scale_by_group", "ScaleByGroupState", "label_by_path",
-            "layer_decay_rules", "describe_groups", "tree_paths"]
-# --- telemetry ---
-from optaxsched.telemetry import effective_learning_rate, telemetry
-
-__all__ += ["telemetry", "effective_learning_rate"]

@@ -24,6 +24,8 @@ __all__ = [
     "check_int",
     "check_choice",
     "check_callable",
+    "check_bool",
+    "check_static",
     "check_int_sequence",
     "check_float_sequence",
     "check_value",
@@ -152,6 +154,29 @@ def check_callable(fn: str, name: str, value: Any) -> None:
     if not callable(value):
         raise TypeError(
             f"{_prefix(fn, name, value)}: {name} must be callable, "
+            f"got {type(value).__name__}"
+        )
+
+
+def check_static(fn: str, name: str, value: Any, *, sets: str = "the state's shape") -> None:
+    """Checks that ``value`` is concrete: it fixes something (``sets``) that a
+    traced value cannot, so ``optax.inject_hyperparams`` must keep it static."""
+    if is_traced(value):
+        raise TypeError(
+            f"{fn}({name}=<traced>): {name} sets {sets} and must be a concrete Python "
+            f"value; pass static_args=({name!r},) to optax.inject_hyperparams"
+        )
+
+
+def check_bool(fn: str, name: str, value: Any) -> None:
+    """Checks that ``value`` is ``True`` or ``False`` (a Python or NumPy bool).
+
+    A flag chooses code paths while tracing, so a traced flag is refused.
+    """
+    check_static(fn, name, value, sets="which code runs")
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(
+            f"{_prefix(fn, name, value)}: {name} must be True or False, "
             f"got {type(value).__name__}"
         )
 

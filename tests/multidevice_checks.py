@@ -40,7 +40,7 @@ from jax.sharding import PartitionSpec as P
 
 import optaxsched as ox
 from conformance_cases import CASES, LOSSES, grad_sequence, make_tree
-from optaxsched.groups import path_str
+from optaxsched._paths import path_str
 
 # The same settings as conftest.py: the library must not upcast or broadcast
 # by accident on the multi-device path either.

@@ -16,7 +16,6 @@ import optax
 import pytest
 
 import optaxsched as ox
-from optaxsched import clipping
 from optaxsched._numerics import INT32_MAX
 
 T = 64
@@ -537,9 +536,9 @@ def test_counters_saturate():
 
 
 def test_state_fields_are_unique_and_reachable_in_a_chain():
-    states = [clipping.ClipByGlobalNormState, clipping.ScaleByGradNormState,
-              clipping.ScaleByGradNormRmsState, clipping.ClipByZscoreState,
-              clipping.ClipByPercentileState, clipping.ClipByEmaRatioState]
+    states = [ox.ClipByGlobalNormState, ox.ScaleByGradNormState,
+              ox.ScaleByGradNormRmsState, ox.ClipByZscoreState,
+              ox.ClipByPercentileState, ox.ClipByEmaRatioState]
     fields = [f for s in states for f in s._fields]
     assert len(fields) == len(set(fields))
     tx = optax.chain(ox.clip_by_zscore(), ox.clip_by_global_norm(1.0), optax.sgd(0.1))

@@ -22,7 +22,7 @@ import pytest
 from flax import nnx
 
 import optaxsched as ox
-from optaxsched.groups import path_str
+from optaxsched._paths import path_str
 
 VOCAB, D, L = 11, 8, 2
 NO_DECAY = r"bias|scale|embedding"

@@ -1,10 +1,17 @@
-"""The public surface: ``__all__`` matches the exports and everything is documented."""
+"""The public surface: one import path per public name, all of it documented."""
 
+import importlib
+import importlib.metadata
 import inspect
+import pkgutil
 import types
 
 import optaxsched
+import optaxsched.flax
 from optaxsched import schedules
+
+# The only public submodules; every other module of the package is private.
+PUBLIC_SUBMODULES = {"schedules", "flax"}
 
 
 def _public_module_names(module: types.ModuleType) -> set[str]:
@@ -43,3 +50,64 @@ def test_every_public_name_has_a_docstring():
             obj = getattr(module, name)
             doc = inspect.getdoc(obj)
             assert doc and len(doc.strip()) > 20, f"{module.__name__}.{name} lacks a docstring"
+
+
+def _walk_modules(package: types.ModuleType):
+    for info in pkgutil.walk_packages(package.__path__, prefix=package.__name__ + "."):
+        yield info.name
+
+
+def test_only_schedules_and_flax_are_public_submodules():
+    public = set()
+    for name in _walk_modules(optaxsched):
+        parts = name.split(".")[1:]
+        if not any(p.startswith("_") for p in parts):
+            public.add(".".join(parts))
+    assert public == PUBLIC_SUBMODULES, (
+        f"public submodules must be exactly {sorted(PUBLIC_SUBMODULES)}; found {sorted(public)}: "
+        "name implementation modules with a leading underscore")
+
+
+def _public_objects(module: types.ModuleType) -> dict[str, object]:
+    names = getattr(module, "__all__", None)
+    if names is None:
+        names = [n for n in vars(module) if not n.startswith("_")]
+    return {n: getattr(module, n) for n in names
+            if not isinstance(getattr(module, n), types.ModuleType)}
+
+
+def test_no_public_name_is_reachable_two_ways():
+    # Every object the library defines appears under one public path only:
+    # optaxsched.NAME, optaxsched.schedules.NAME or optaxsched.flax.NAME.
+    seen: dict[int, str] = {}
+    for module in (optaxsched, schedules, optaxsched.flax):
+        for name, obj in _public_objects(module).items():
+            if not getattr(obj, "__module__", "").startswith("optaxsched"):
+                continue
+            where = f"{module.__name__}.{name}"
+            assert id(obj) not in seen, f"{where} is also {seen[id(obj)]}"
+            seen[id(obj)] = where
+    # Public modules expose nothing of the library beyond their __all__.
+    for module in (optaxsched, schedules, optaxsched.flax):
+        extra = {
+            n for n, o in vars(module).items()
+            if not n.startswith("_") and n not in module.__all__
+            and not isinstance(o, types.ModuleType)
+            and getattr(o, "__module__", "").startswith("optaxsched")
+        }
+        assert not extra, f"{module.__name__} exposes {sorted(extra)} outside __all__"
+    # The only submodules reachable as attributes of the package are public ones.
+    attrs = {n for n, o in vars(optaxsched).items()
+             if isinstance(o, types.ModuleType) and not n.startswith("_")}
+    assert attrs <= PUBLIC_SUBMODULES, attrs - PUBLIC_SUBMODULES
+
+
+def test_private_modules_import_cleanly():
+    # A private module that fails to import would only surface where it is used.
+    for name in _walk_modules(optaxsched):
+        if name != "optaxsched.flax":
+            importlib.import_module(name)
+
+
+def test_version_comes_from_the_package_metadata():
+    assert optaxsched.__version__ == importlib.metadata.version("optaxsched")

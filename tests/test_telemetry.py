@@ -12,7 +12,7 @@ from flax import nnx
 
 import optaxsched as ox
 from conformance_cases import CASES, LOSSES, grad_sequence, make_tree
-from optaxsched.groups import path_str
+from optaxsched._paths import path_str
 
 
 def _scalar_leaves(tree) -> dict[str, jax.Array]:

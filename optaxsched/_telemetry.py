@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxsched import _nnx
+from optaxsched._paths import path_str
 from optaxsched._rules import check_bool
-from optaxsched.groups import path_str
 
 __all__ = ["telemetry", "effective_learning_rate"]
 
@@ -135,8 +135,8 @@ def telemetry(opt_state: Any, *, per_tensor: bool = False,
     more than one element (moments, ``clip_by_percentile``'s history) are
     never reported.
 
-    Keys are the leaf's path in the state, with the library's path
-    convention (:func:`optaxsched.groups.path_str`): chain positions are
+    Keys are the leaf's path in the state, named as :func:`optaxsched.tree_paths`
+    names parameters: chain positions are
     indices, NamedTuple fields and ``flax.struct`` fields their names, dict
     keys (partition labels, hyperparameter names) themselves, nnx
     ``Variable`` boxes dropped, all joined by ``/``; the fields under which
