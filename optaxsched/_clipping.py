@@ -28,21 +28,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxsched._numerics import (
-    bias_correction,
-    ema,
-    global_norm_and_finite,
-    global_sq_norm,
-    increment_where,
-    leaf_sq_norms,
-    masked_percentile,
-    psum_if,
-    safe_sqrt,
-    saturating_increment,
-    scale_leaves_or_zero,
-    scale_tree_or_zero,
-)
-from optaxsched._validation import check_int, check_number, is_traced
+from optaxsched import _numerics as nx
+from optaxsched._validation import check_bool, check_int, check_number, check_static
 
 __all__ = [
     "ClipByGlobalNormState",
@@ -63,25 +50,6 @@ _F32 = jnp.float32
 _INF = float("inf")
 # ZClip's constant in the z-score denominator, z = (g - mu) / (sigma + 1e-6).
 _ZCLIP_EPS = 1e-6
-
-
-def _f32(x: Any) -> jax.Array:
-    return jnp.asarray(x, _F32)
-
-
-# Every state field gets an array of its own (one call each, never one array
-# in two fields): a donated state with a shared array is donated twice, which
-# jit rejects.
-def _zero() -> jax.Array:
-    return jnp.zeros((), _F32)
-
-
-def _count0() -> jax.Array:
-    return jnp.zeros((), jnp.int32)
-
-
-def _false() -> jax.Array:
-    return jnp.zeros((), jnp.bool_)
 
 
 def _inverse(denom: jax.Array) -> jax.Array:
@@ -142,19 +110,20 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
 
     def init_fn(params):
         del params
-        return ClipByGlobalNormState(_zero(), _false(), _false(), _count0(), _count0())
+        return ClipByGlobalNormState(nx.scalar(0.0), nx.scalar(False), nx.scalar(False),
+                                     nx.scalar(0), nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm, finite = global_norm_and_finite(updates, axis_name)
-        scale, clipped = _clip_scale(norm, _f32(max_norm))
+        norm, finite = nx.global_norm_and_finite(updates, axis_name)
+        scale, clipped = _clip_scale(norm, nx.hyper_f32(max_norm))
         clipped = clipped & finite
-        return scale_tree_or_zero(updates, scale, finite), ClipByGlobalNormState(
+        return nx.scale_tree_or_zero(updates, scale, finite), ClipByGlobalNormState(
             grad_norm=norm,
             clipped=clipped,
             clip_nonfinite=~finite,
-            clip_count=increment_where(state.clip_count, clipped),
-            clip_nonfinite_count=increment_where(state.clip_nonfinite_count, ~finite),
+            clip_count=nx.increment_where(state.clip_count, clipped),
+            clip_nonfinite_count=nx.increment_where(state.clip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -208,16 +177,17 @@ def scale_by_grad_norm(power: Any = 1.0, eps: Any = 1e-8, axis_name: str | None 
 
     def init_fn(params):
         del params
-        return ScaleByGradNormState(_zero(), _zero(), _count0())
+        return ScaleByGradNormState(nx.scalar(0.0), nx.scalar(0.0), nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm, finite = global_norm_and_finite(updates, axis_name)
-        scale = _inverse(jnp.power(jnp.where(finite, norm, 0.0), _f32(power)) + _f32(eps))
-        return scale_tree_or_zero(updates, scale, finite), ScaleByGradNormState(
+        norm, finite = nx.global_norm_and_finite(updates, axis_name)
+        magnitude = jnp.power(jnp.where(finite, norm, 0.0), nx.hyper_f32(power))
+        scale = _inverse(magnitude + nx.hyper_f32(eps))
+        return nx.scale_tree_or_zero(updates, scale, finite), ScaleByGradNormState(
             normalize_grad_norm=norm,
             normalize_scale=scale,
-            normalize_nonfinite_count=increment_where(state.normalize_nonfinite_count, ~finite),
+            normalize_nonfinite_count=nx.increment_where(state.normalize_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -276,21 +246,22 @@ def scale_by_grad_norm_rms(decay: Any = 0.99, eps: Any = 1e-8,
 
     def init_fn(params):
         del params
-        return ScaleByGradNormRmsState(_zero(), _zero(), _count0(), _zero(), _count0())
+        return ScaleByGradNormRmsState(nx.scalar(0.0), nx.scalar(0.0), nx.scalar(0),
+                                       nx.scalar(0.0), nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        sq = global_sq_norm(updates, axis_name)
+        sq = nx.global_sq_norm(updates, axis_name)
         finite = jnp.isfinite(sq)
-        v = jnp.where(finite, ema(state.rms_sq_norm_ema, sq, decay), state.rms_sq_norm_ema)
-        count = increment_where(state.rms_count, finite)
-        scale = _inverse(jnp.sqrt(bias_correction(v, decay, count)) + _f32(eps))
-        return scale_tree_or_zero(updates, scale, finite), ScaleByGradNormRmsState(
-            rms_grad_norm=safe_sqrt(sq),
+        v = nx.ema_where(state.rms_sq_norm_ema, sq, decay, finite)
+        count = nx.increment_where(state.rms_count, finite)
+        scale = _inverse(jnp.sqrt(nx.bias_correction(v, decay, count)) + nx.hyper_f32(eps))
+        return nx.scale_tree_or_zero(updates, scale, finite), ScaleByGradNormRmsState(
+            rms_grad_norm=nx.safe_sqrt(sq),
             rms_sq_norm_ema=v,
             rms_count=count,
             rms_scale=scale,
-            rms_nonfinite_count=increment_where(state.rms_nonfinite_count, ~finite),
+            rms_nonfinite_count=nx.increment_where(state.rms_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -369,15 +340,16 @@ def clip_by_zscore(z_threshold: Any = 2.5, decay: Any = 0.97, warmup_steps: Any 
 
     def init_fn(params):
         del params
-        return ClipByZscoreState(_zero(), _zero(), _zero(), _false(), _zero(), _zero(),
-                                 _count0(), _count0(), _count0())
+        return ClipByZscoreState(nx.scalar(0.0), nx.scalar(0.0), nx.scalar(0.0), nx.scalar(False),
+                                 nx.scalar(0.0), nx.scalar(0.0), nx.scalar(0), nx.scalar(0),
+                                 nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm, finite = global_norm_and_finite(updates, axis_name)
+        norm, finite = nx.global_norm_and_finite(updates, axis_name)
         g = jnp.where(finite, norm, 0.0)
-        alpha, zt = _f32(decay), _f32(z_threshold)
-        cap = _f32(_INF if max_norm is None else max_norm)
+        alpha, zt = nx.hyper_f32(decay), nx.hyper_f32(z_threshold)
+        cap = nx.hyper_f32(_INF if max_norm is None else max_norm)
         mu, var = state.zclip_mean, state.zclip_var
         warm = state.zclip_count < warmup_steps
         sigma = jnp.sqrt(jnp.maximum(var, 0.0))
@@ -391,24 +363,24 @@ def clip_by_zscore(z_threshold: Any = 2.5, decay: Any = 0.97, warmup_steps: Any 
 
         # Welford's running mean/variance during warm-up: at its end they equal
         # the mean and population variance of the warm-up norms.
-        n = saturating_increment(state.zclip_count).astype(_F32)
+        n = optax.safe_increment(state.zclip_count).astype(_F32)
         delta = g - mu
         mu_w = mu + delta / n
         var_w = var + (delta * (g - mu_w) - var) / n
         x = jnp.where(spike, tau, g)
-        mu_e = ema(mu, x, alpha)
-        var_e = ema(var, (x - mu_e) ** 2, alpha)
+        mu_e = nx.ema(mu, x, alpha)
+        var_e = nx.ema(var, (x - mu_e) ** 2, alpha)
         skip = ~finite
-        return scale_tree_or_zero(updates, scale, finite), ClipByZscoreState(
+        return nx.scale_tree_or_zero(updates, scale, finite), ClipByZscoreState(
             zclip_grad_norm=norm,
             zclip_zscore=jnp.where(finite, jnp.where(warm, 0.0, z), _INF),
             zclip_threshold=threshold,
             zclip_clipped=clipped,
             zclip_mean=jnp.where(skip, mu, jnp.where(warm, mu_w, mu_e)),
             zclip_var=jnp.where(skip, var, jnp.where(warm, var_w, var_e)),
-            zclip_count=increment_where(state.zclip_count, finite),
-            zclip_clip_count=increment_where(state.zclip_clip_count, clipped),
-            zclip_nonfinite_count=increment_where(state.zclip_nonfinite_count, ~finite),
+            zclip_count=nx.increment_where(state.zclip_count, finite),
+            zclip_clip_count=nx.increment_where(state.zclip_clip_count, clipped),
+            zclip_nonfinite_count=nx.increment_where(state.zclip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -466,38 +438,37 @@ def clip_by_percentile(percentile: Any = 10.0, history: Any = 1000,
     """
     fn = "clip_by_percentile"
     check_number(fn, "percentile", percentile, ge=0, le=100)
-    if is_traced(history):
-        raise TypeError(f"{fn}(history={history!r}): history sets the state's shape and "
-                        "must be static; pass static_args=('history',) to "
-                        "optax.inject_hyperparams")
+    check_static(fn, "history", history)
     check_int(fn, "history", history, ge=1)
     size = int(history)
 
     def init_fn(params):
         del params
-        return ClipByPercentileState(_zero(), _zero(), _false(), jnp.zeros((size,), _F32),
-                                     _count0(), _count0(), _count0(), _count0())
+        return ClipByPercentileState(nx.scalar(0.0), nx.scalar(0.0), nx.scalar(False),
+                                     jnp.zeros((size,), _F32), nx.scalar(0), nx.scalar(0),
+                                     nx.scalar(0), nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
-        norm, finite = global_norm_and_finite(updates, axis_name)
+        norm, finite = nx.global_norm_and_finite(updates, axis_name)
         g = jnp.where(finite, norm, 0.0)
         pos = state.autoclip_position
         slot = jnp.arange(size) == pos
         hist = jnp.where(finite & slot, g, state.autoclip_history)
-        count = increment_where(state.autoclip_count, finite)
-        threshold = masked_percentile(hist, jnp.minimum(count, size), _f32(percentile) / 100.0)
+        count = nx.increment_where(state.autoclip_count, finite)
+        q = nx.hyper_f32(percentile) / 100.0
+        threshold = nx.masked_percentile(hist, jnp.minimum(count, size), q)
         scale, clipped = _clip_scale(g, threshold)
         clipped = clipped & finite
-        return scale_tree_or_zero(updates, scale, finite), ClipByPercentileState(
+        return nx.scale_tree_or_zero(updates, scale, finite), ClipByPercentileState(
             autoclip_grad_norm=norm,
             autoclip_threshold=threshold,
             autoclip_clipped=clipped,
             autoclip_history=hist,
             autoclip_position=jnp.where(finite, (pos + 1) % size, pos).astype(jnp.int32),
             autoclip_count=count,
-            autoclip_clip_count=increment_where(state.autoclip_clip_count, clipped),
-            autoclip_nonfinite_count=increment_where(state.autoclip_nonfinite_count, ~finite),
+            autoclip_clip_count=nx.increment_where(state.autoclip_clip_count, clipped),
+            autoclip_nonfinite_count=nx.increment_where(state.autoclip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -574,25 +545,27 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
     check_number(fn, "decay", decay, ge=0, lt=1)
     check_int(fn, "warmup_steps", warmup_steps, ge=0)
     check_number(fn, "warmup_max_norm", warmup_max_norm, gt=0)
-    if not isinstance(per_tensor, bool):
-        raise TypeError(f"{fn}(per_tensor={per_tensor!r}): per_tensor must be a bool")
+    check_bool(fn, "per_tensor", per_tensor)
 
     def init_fn(params):
         def stat():
-            return jax.tree_util.tree_map(lambda _: _zero(), params) if per_tensor else _zero()
+            if per_tensor:
+                return jax.tree_util.tree_map(lambda _: nx.scalar(0.0), params)
+            return nx.scalar(0.0)
 
-        return ClipByEmaRatioState(_zero(), stat(), _false(), _count0(), stat(),
-                                   _count0(), _count0(), _count0())
+        return ClipByEmaRatioState(nx.scalar(0.0), stat(), nx.scalar(False), nx.scalar(0), stat(),
+                                   nx.scalar(0), nx.scalar(0), nx.scalar(0))
 
     def update_fn(updates, state, params=None, **extra_args):
         del params, extra_args
         # One pass: per-leaf sums of squares, psum-ed together in one collective.
-        sq = psum_if(leaf_sq_norms(updates), axis_name)
-        total = sum(jax.tree_util.tree_leaves(sq), _zero())
+        sq = nx.psum_if(nx.leaf_sq_norms(updates), axis_name)
+        total = sum(jax.tree_util.tree_leaves(sq), nx.scalar(0.0))
         finite = jnp.isfinite(total)
-        g = jnp.where(finite, safe_sqrt(total), 0.0)
+        g = jnp.where(finite, nx.safe_sqrt(total), 0.0)
         warm = state.adagc_count < warmup_steps
-        lam_rel, beta, lam_abs = _f32(ratio), _f32(decay), _f32(warmup_max_norm)
+        lam_rel, beta = nx.hyper_f32(ratio), nx.hyper_f32(decay)
+        lam_abs = nx.hyper_f32(warmup_max_norm)
         h_warm, _ = _clip_scale(g, lam_abs)
 
         def one(norm, gamma):
@@ -602,7 +575,7 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
                                 jnp.where(seen, gamma, clipped_w))
             h_run, _ = _clip_scale(norm, jnp.where(seen, lam_rel * gamma, _INF))
             clipped_r = h_run * norm
-            gamma_r = jnp.where(seen, ema(gamma, clipped_r, beta), clipped_r)
+            gamma_r = jnp.where(seen, nx.ema(gamma, clipped_r, beta), clipped_r)
             h = jnp.where(warm, h_warm, h_run)
             new_gamma = jnp.where(finite, jnp.where(warm, gamma_w, gamma_r), gamma)
             threshold = jnp.where(warm, lam_abs, jnp.where(seen, lam_rel * gamma, _INF))
@@ -617,13 +590,13 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
             h, gamma, threshold, hit = (
                 treedef.unflatten([o[k] for o in flat]) for k in range(4)
             )
-            new_updates = scale_leaves_or_zero(updates, h, finite)
+            new_updates = nx.scale_leaves_or_zero(updates, h, finite)
             hits = jax.tree_util.tree_leaves(hit)
         else:
             h, gamma, threshold, hit = one(g, state.adagc_gamma)
-            new_updates = scale_tree_or_zero(updates, h, finite)
+            new_updates = nx.scale_tree_or_zero(updates, h, finite)
             hits = [hit]
-        n_hit = sum((x.astype(jnp.int32) for x in hits), _count0())
+        n_hit = sum((x.astype(jnp.int32) for x in hits), nx.scalar(0))
         any_hit = n_hit > 0
         return new_updates, ClipByEmaRatioState(
             adagc_grad_norm=jnp.where(finite, g, _INF),
@@ -631,9 +604,9 @@ def clip_by_ema_ratio(ratio: Any = 1.05, decay: Any = 0.98, warmup_steps: Any = 
             adagc_clipped=any_hit,
             adagc_clipped_tensors=n_hit,
             adagc_gamma=gamma,
-            adagc_count=increment_where(state.adagc_count, finite),
-            adagc_clip_count=increment_where(state.adagc_clip_count, any_hit),
-            adagc_nonfinite_count=increment_where(state.adagc_nonfinite_count, ~finite),
+            adagc_count=nx.increment_where(state.adagc_count, finite),
+            adagc_clip_count=nx.increment_where(state.adagc_clip_count, any_hit),
+            adagc_nonfinite_count=nx.increment_where(state.adagc_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -27,13 +27,12 @@ from optaxsched._paths import path_str
 from optaxsched._rules import (
     LayerIndexPattern,
     Rule,
-    check_bool,
     check_label,
     check_multiplier,
     compile_pattern,
     compile_rules,
 )
-from optaxsched._validation import check_int, check_number
+from optaxsched._validation import check_bool, check_int, check_number
 
 __all__ = ["ScaleByGroupState", "scale_by_group", "label_by_path", "layer_decay_rules",
            "describe_groups"]
@@ -225,7 +224,7 @@ def scale_by_group(
 
     def init_fn(params):
         _, _, _, winners = matcher(params)
-        count = jnp.zeros((), jnp.int32)
+        count = nx.scalar(0)
         return ScaleByGroupState(
             group_count=count, group_multipliers=group_values(winners, multipliers_at(count)))
 
@@ -244,7 +243,7 @@ def scale_by_group(
             else:
                 out.append(nx.scale_leaf(leaf, m))
         new_state = ScaleByGroupState(
-            group_count=nx.saturating_increment(count),
+            group_count=optax.safe_increment(count),
             group_multipliers=group_values(winners, multiplier),
         )
         return jax.tree_util.tree_unflatten(treedef, out), new_state

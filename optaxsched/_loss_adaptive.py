@@ -26,9 +26,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from optaxsched import _numerics as nm
-from optaxsched import _validation as val
+from optaxsched import _numerics as nx
 from optaxsched._plateau import check_rule, initial_best, plateau_decision
+from optaxsched._validation import (
+    check_callable,
+    check_int,
+    check_number,
+    is_traced,
+    require_value,
+)
 
 __all__ = [
     "ReduceOnPlateauState",
@@ -45,7 +51,7 @@ _I32 = jnp.int32
 
 def _loss_value(fn: str, extra_args: dict[str, Any]) -> jax.Array:
     """The scalar loss from ``extra_args`` as float32, with clear errors."""
-    value = val.require_value(fn, extra_args)
+    value = require_value(fn, extra_args)
     shape = jnp.shape(value)
     if shape != ():
         raise ValueError(
@@ -162,32 +168,32 @@ def reduce_on_plateau(
     References:
       PyTorch ``torch.optim.lr_scheduler.ReduceLROnPlateau`` (torch 2.13).
     """
-    name = "reduce_on_plateau"
-    rule = check_rule(name, factor, patience, threshold, threshold_mode, mode, cooldown,
+    fn = "reduce_on_plateau"
+    rule = check_rule(fn, factor, patience, threshold, threshold_mode, mode, cooldown,
                       min_scale, eps)
-    val.check_int(name, "accumulation_steps", accumulation_steps, ge=1)
+    check_int(fn, "accumulation_steps", accumulation_steps, ge=1)
 
     def init_fn(params):
         del params
         return ReduceOnPlateauState(
-            plateau_scale=jnp.ones((), _F32),
+            plateau_scale=nx.scalar(1.0),
             plateau_best=initial_best(rule),
-            plateau_bad_steps=jnp.zeros((), _I32),
-            plateau_cooldown=jnp.zeros((), _I32),
-            plateau_reductions=jnp.zeros((), _I32),
-            plateau_window_sum=jnp.zeros((), _F32),
-            plateau_window_count=jnp.zeros((), _I32),
-            plateau_window_nonfinite=jnp.zeros((), _I32),
+            plateau_bad_steps=nx.scalar(0),
+            plateau_cooldown=nx.scalar(0),
+            plateau_reductions=nx.scalar(0),
+            plateau_window_sum=nx.scalar(0.0),
+            plateau_window_count=nx.scalar(0),
+            plateau_window_nonfinite=nx.scalar(0),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params
-        value = _loss_value(name, extra_args)
+        value = _loss_value(fn, extra_args)
         finite = jnp.isfinite(value)
         wsum = state.plateau_window_sum + jnp.where(finite, value, 0.0)
         wcount = state.plateau_window_count + 1
         wbad = state.plateau_window_nonfinite + (~finite).astype(_I32)
-        window_done = wcount >= nm.hyper_i32(accumulation_steps)
+        window_done = wcount >= nx.hyper_i32(accumulation_steps)
         mean = wsum / wcount.astype(_F32)
         # A sum of finite values can still overflow to inf: check the mean too.
         mean_ok = (wbad == 0) & jnp.isfinite(mean)
@@ -209,7 +215,7 @@ def reduce_on_plateau(
             plateau_window_count=jnp.where(window_done, 0, wcount).astype(_I32),
             plateau_window_nonfinite=jnp.where(window_done, 0, wbad).astype(_I32),
         )
-        return nm.scale_tree(updates, scale), new_state
+        return nx.scale_tree(updates, scale), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -266,14 +272,16 @@ def scale_by_loss(fn: Callable[[jax.Array], Any]) -> optax.GradientTransformatio
       Polyak, "Introduction to optimization", 1987 (loss-driven step sizes);
       Loizou et al., "Stochastic Polyak step-size for SGD", AISTATS 2021.
     """
+    # Messages name the function through `fn` everywhere else; here `fn` is
+    # the public argument, so the name is `name`.
     name = "scale_by_loss"
-    val.check_callable(name, "fn", fn)
+    check_callable(name, "fn", fn)
 
     def init_fn(params):
         del params
         return ScaleByLossState(
-            loss_multiplier=jnp.ones((), _F32),
-            loss_multiplier_rejected=jnp.zeros((), _I32),
+            loss_multiplier=nx.scalar(1.0),
+            loss_multiplier_rejected=nx.scalar(0),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
@@ -287,20 +295,11 @@ def scale_by_loss(fn: Callable[[jax.Array], Any]) -> optax.GradientTransformatio
         m = m.astype(_F32)
         ok = jnp.isfinite(m) & (m >= 0.0)
         m = jnp.where(ok, m, 0.0)
-
-        def one(x):
-            if not nm.is_float_leaf(x):
-                return x
-            return jnp.where(ok, x * m.astype(x.dtype), jnp.zeros((), x.dtype))
-
         new_state = ScaleByLossState(
             loss_multiplier=m,
-            loss_multiplier_rejected=jnp.where(
-                ok, state.loss_multiplier_rejected,
-                nm.saturating_increment(state.loss_multiplier_rejected),
-            ),
+            loss_multiplier_rejected=nx.increment_where(state.loss_multiplier_rejected, ~ok),
         )
-        return jax.tree_util.tree_map(one, updates), new_state
+        return nx.scale_tree_or_zero(updates, m, ok), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -380,47 +379,45 @@ def bold_driver(
       methods", Complex Systems, 1989; Vogl et al., "Accelerating the
       convergence of the back-propagation method", Biol. Cybern., 1988.
     """
-    name = "bold_driver"
-    val.check_number(name, "increase", increase, ge=1.0)
-    val.check_number(name, "decrease", decrease, gt=0.0, le=1.0)
-    val.check_number(name, "tolerance", tolerance, gt=0.0)
-    val.check_number(name, "min_scale", min_scale, gt=0.0)
-    val.check_number(name, "max_scale", max_scale, gt=0.0)
-    if not (val.is_traced(min_scale) or val.is_traced(max_scale)):
+    fn = "bold_driver"
+    check_number(fn, "increase", increase, ge=1.0)
+    check_number(fn, "decrease", decrease, gt=0.0, le=1.0)
+    check_number(fn, "tolerance", tolerance, gt=0.0)
+    check_number(fn, "min_scale", min_scale, gt=0.0)
+    check_number(fn, "max_scale", max_scale, gt=0.0)
+    if not (is_traced(min_scale) or is_traced(max_scale)):
         if float(max_scale) < float(min_scale):
             raise ValueError(
-                f"{name}(min_scale={min_scale!r}, max_scale={max_scale!r}): "
+                f"{fn}(min_scale={min_scale!r}, max_scale={max_scale!r}): "
                 "max_scale must be >= min_scale"
             )
 
     def init_fn(params):
         del params
         return BoldDriverState(
-            bold_scale=nm.hyper_f32(max_scale),
-            bold_prev_loss=jnp.asarray(jnp.inf, _F32),
-            bold_rises=jnp.zeros((), _I32),
+            bold_scale=nx.scalar(max_scale, _F32),
+            bold_prev_loss=nx.scalar(float("inf")),
+            bold_rises=nx.scalar(0),
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         del params
-        value = _loss_value(name, extra_args)
+        value = _loss_value(fn, extra_args)
         prev = state.bold_prev_loss
         finite = jnp.isfinite(value)
         prev_finite = jnp.isfinite(prev)
         limit = jnp.where(
-            prev_finite, prev + (nm.hyper_f32(tolerance) - 1.0) * jnp.abs(prev), jnp.inf
+            prev_finite, prev + (nx.hyper_f32(tolerance) - 1.0) * jnp.abs(prev), jnp.inf
         )
         fine = finite & (value <= limit)
-        factor = jnp.where(fine, nm.hyper_f32(increase), nm.hyper_f32(decrease))
-        scale = jnp.clip(state.bold_scale * factor, nm.hyper_f32(min_scale),
-                         nm.hyper_f32(max_scale))
+        factor = jnp.where(fine, nx.hyper_f32(increase), nx.hyper_f32(decrease))
+        scale = jnp.clip(state.bold_scale * factor, nx.hyper_f32(min_scale),
+                         nx.hyper_f32(max_scale))
         new_state = BoldDriverState(
             bold_scale=scale,
             bold_prev_loss=jnp.where(finite, value, prev),
-            bold_rises=jnp.where(
-                fine, state.bold_rises, nm.saturating_increment(state.bold_rises)
-            ),
+            bold_rises=nx.increment_where(state.bold_rises, ~fine),
         )
-        return nm.scale_tree(updates, scale), new_state
+        return nx.scale_tree(updates, scale), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,11 +1,31 @@
 """Numerics shared by every transform: one-pass gradient statistics, safe
-norms, EMAs and saturating counters.
+norms, running averages, saturating counters, state scalars and the one path
+by which updates are scaled.
 
-All statistics are accumulated in float32 whatever the leaf dtype, so bf16 or
-fp16 gradients cannot overflow while squaring. The squared global norm is finite
-iff every float leaf is finite (a sum of squares of finite numbers can only
-overflow to +inf above ~1.8e19, which is an explosion anyway), so finiteness
-comes free with the norm and no second pass over the gradients is needed.
+Precision policy. All statistics are accumulated in float32 whatever the leaf
+dtype, so bf16 or fp16 gradients cannot overflow while squaring. The squared
+global norm is finite iff every float leaf is finite (a sum of squares of
+finite numbers can only overflow to +inf above ~1.8e19, which is an explosion
+anyway), so finiteness comes free with the norm and no second pass over the
+gradients is needed. Every transform scales updates through :func:`scale_leaf`:
+half-precision leaves are multiplied in float32 and rounded once, wider leaves
+in their own dtype, and every leaf keeps its dtype.
+
+Running averages. An exponential moving average is kept raw, starting at 0
+(:func:`ema`, and :func:`ema_where` for the update that only a valid step may
+make), and read through Adam's bias correction (:func:`bias_correction`), so
+the state restores from zeros and the read-out is an unbiased weighted mean
+from the first step. Three statistics start otherwise, each because the
+method it implements prescribes it, and say so where they are kept: ZClip's
+mean and variance start from the mean of the warm-up norms (Kumar et al.
+2025), AdaGC's per-tensor EMA from the smallest clipped norm of its warm-up
+(Wang et al. 2025),
+and the explosion guard's spike test from the exact sample mean and variance
+of its first ``1 / (1 - decay)`` values (weights ``max(1 - decay, 1/(n+1))``,
+so its prior-weighted test sees a plain average while the history is short).
+
+Counters are int32 and saturate (``optax.safe_increment``). Every state field
+is a fresh array (:func:`scalar`), so a state can be donated to a jitted step.
 """
 
 from __future__ import annotations
@@ -15,6 +35,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 __all__ = [
     "INT32_MAX",
@@ -26,12 +47,13 @@ __all__ = [
     "safe_sqrt",
     "hyper_f32",
     "hyper_i32",
-    "saturating_increment",
+    "scalar",
+    "increment_where",
     "increment_or_reset",
     "ema",
+    "ema_where",
     "bias_correction",
     "scale_tree",
-    "zeros_like_tree",
     "psum_if",
     "scale_leaf",
     "scale_tree_or_zero",
@@ -124,26 +146,45 @@ def hyper_i32(x: Any) -> jax.Array:
     return jnp.asarray(x).astype(jnp.int32)
 
 
-def saturating_increment(count: jax.Array) -> jax.Array:
-    """``count + 1`` for an int32 counter, stopping at 2**31 - 1 (never wraps)."""
-    count = jnp.asarray(count, jnp.int32)
-    return jnp.where(count < INT32_MAX, count + 1, count).astype(jnp.int32)
+def scalar(value: bool | int | float = 0.0, dtype: Any = None) -> jax.Array:
+    """A new 0-d array holding ``value``, for one state field.
+
+    The dtype is ``dtype`` or follows ``value``: bool, int32 for an ``int``,
+    float32 for a ``float``.
+
+    Each call makes its own buffer: two fields sharing one array would make
+    ``jax.jit(..., donate_argnums=...)`` refuse to donate the state (a buffer
+    donated twice), so every ``init`` builds each field with its own call.
+    """
+    if dtype is None:
+        dtype = (jnp.bool_ if isinstance(value, bool)
+                 else jnp.int32 if isinstance(value, int) else jnp.float32)
+    # jnp.array copies: an array value (an injected hyperparameter) must not
+    # end up shared between the state and its source either.
+    return jnp.array(value, dtype=dtype).reshape(())
 
 
 def increment_where(count: jax.Array, cond: jax.Array) -> jax.Array:
-    """Saturating ``count + 1`` where ``cond`` is true, else ``count``."""
-    return jnp.where(cond, saturating_increment(count), count).astype(jnp.int32)
+    """Saturating ``count + 1`` (``optax.safe_increment``) where ``cond`` is
+    true, else ``count``; int32."""
+    return jnp.where(cond, optax.safe_increment(count), count).astype(jnp.int32)
 
 
 def increment_or_reset(count: jax.Array, increment: jax.Array) -> jax.Array:
-    """Saturating ``count + 1`` where ``increment`` is true, else 0."""
-    return jnp.where(increment, saturating_increment(count), 0).astype(jnp.int32)
+    """Saturating ``count + 1`` where ``increment`` is true, else 0; int32."""
+    return jnp.where(increment, optax.safe_increment(count), 0).astype(jnp.int32)
 
 
 def ema(average: jax.Array, value: jax.Array, decay: Any) -> jax.Array:
     """One EMA step: ``decay * average + (1 - decay) * value`` in float32."""
     decay = jnp.asarray(decay, jnp.float32)
     return decay * average + (1.0 - decay) * jnp.asarray(value, jnp.float32)
+
+
+def ema_where(average: jax.Array, value: jax.Array, decay: Any, ok: jax.Array) -> jax.Array:
+    """:func:`ema` where ``ok`` is true, else ``average`` unchanged (a step that
+    must not feed the average: non-finite, rejected or skipped)."""
+    return jnp.where(ok, ema(average, value, decay), average)
 
 
 def bias_correction(average: jax.Array, decay: Any, count: jax.Array) -> jax.Array:
@@ -158,36 +199,14 @@ def bias_correction(average: jax.Array, decay: Any, count: jax.Array) -> jax.Arr
     return jnp.where(count > 0, average / jnp.where(denom > 0, denom, 1.0), average)
 
 
-def scale_tree(tree: Any, scale: jax.Array) -> Any:
-    """Multiplies every float leaf by ``scale`` and keeps each leaf's dtype.
-
-    Non-float leaves pass through untouched. The scale is cast to each leaf's
-    dtype first, so the product is computed in the leaf's own precision and
-    XLA fuses it into whatever reads the leaf next.
-    """
-
-    def one(x):
-        if is_float_leaf(x):
-            return x * jnp.asarray(scale).astype(x.dtype)
-        return x
-
-    return jax.tree_util.tree_map(one, tree)
-
-
-def zeros_like_tree(tree: Any) -> Any:
-    """Zeros of every float leaf's shape and dtype; other leaves unchanged."""
-    return jax.tree_util.tree_map(
-        lambda x: jnp.zeros_like(x) if is_float_leaf(x) else x, tree
-    )
-
-
 def scale_leaf(x: Any, scale: jax.Array) -> Any:
     """``x * scale`` for one leaf, computed in at least float32, keeping ``x.dtype``.
 
-    Half-precision leaves are multiplied in float32 and rounded once, so a
-    clip factor such as 1e-5 (subnormal in fp16) or 1e8 (beyond fp16's range)
-    does not lose precision or overflow before it meets the gradient.
-    Non-float leaves pass through.
+    This is the one place where the library multiplies an update. Half-precision
+    leaves are multiplied in float32 and rounded once, so a clip factor such as
+    1e-5 (subnormal in fp16) or 1e8 (beyond fp16's range) does not lose
+    precision or overflow before it meets the gradient; float32 and wider
+    leaves are multiplied in their own dtype. Non-float leaves pass through.
     """
     if not is_float_leaf(x):
         return x
@@ -195,6 +214,12 @@ def scale_leaf(x: Any, scale: jax.Array) -> Any:
     if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
         return (x.astype(jnp.float32) * scale.astype(jnp.float32)).astype(x.dtype)
     return x * scale.astype(x.dtype)
+
+
+def scale_tree(tree: Any, scale: jax.Array) -> Any:
+    """Every float leaf times the scalar ``scale`` (:func:`scale_leaf`); other
+    leaves pass through."""
+    return jax.tree_util.tree_map(lambda x: scale_leaf(x, scale), tree)
 
 
 def _scale_or_zero(x: Any, scale: jax.Array, keep: jax.Array) -> Any:

@@ -12,10 +12,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optaxsched import _nnx
-from optaxsched import _numerics as nm
-from optaxsched import _validation as val
+from optaxsched import _numerics as nx
+from optaxsched._validation import check_choice, check_int, check_number, check_value
 
 __all__ = ["PlateauRule", "check_rule", "initial_best", "plateau_decision",
            "MetricPlateauState", "MetricPlateau"]
@@ -41,25 +42,25 @@ class PlateauRule(NamedTuple):
 def check_rule(fn: str, factor: Any, patience: Any, threshold: Any, threshold_mode: Any,
                mode: Any, cooldown: Any, min_scale: Any, eps: Any) -> PlateauRule:
     """Checks the arguments shared by every plateau rule, naming ``fn``."""
-    val.check_number(fn, "factor", factor, ge=0.0, lt=1.0)
-    val.check_int(fn, "patience", patience, ge=0)
-    val.check_number(fn, "threshold", threshold, ge=0.0)
-    val.check_choice(fn, "threshold_mode", threshold_mode, ("rel", "abs"))
-    val.check_choice(fn, "mode", mode, ("min", "max"))
-    val.check_int(fn, "cooldown", cooldown, ge=0)
-    val.check_number(fn, "min_scale", min_scale, ge=0.0, le=1.0)
-    val.check_number(fn, "eps", eps, ge=0.0)
+    check_number(fn, "factor", factor, ge=0.0, lt=1.0)
+    check_int(fn, "patience", patience, ge=0)
+    check_number(fn, "threshold", threshold, ge=0.0)
+    check_choice(fn, "threshold_mode", threshold_mode, ("rel", "abs"))
+    check_choice(fn, "mode", mode, ("min", "max"))
+    check_int(fn, "cooldown", cooldown, ge=0)
+    check_number(fn, "min_scale", min_scale, ge=0.0, le=1.0)
+    check_number(fn, "eps", eps, ge=0.0)
     return PlateauRule(factor, patience, threshold, threshold_mode, mode, cooldown,
                        min_scale, eps)
 
 
 def initial_best(rule: PlateauRule) -> jax.Array:
     """``+inf`` for ``mode="min"``, ``-inf`` for ``"max"``: anything finite improves it."""
-    return jnp.asarray(jnp.inf if rule.mode == "min" else -jnp.inf, _F32)
+    return nx.scalar(float("inf") if rule.mode == "min" else float("-inf"))
 
 
 def _is_better(rule: PlateauRule, a: jax.Array, best: jax.Array) -> jax.Array:
-    thr = nm.hyper_f32(rule.threshold)
+    thr = nx.hyper_f32(rule.threshold)
     if rule.threshold_mode == "rel":
         # |best|·θ is inf − inf = NaN for the initial ±inf best; no margin then.
         margin = jnp.where(jnp.isfinite(best), jnp.abs(best) * thr, 0.0)
@@ -77,19 +78,19 @@ def plateau_decision(rule: PlateauRule, scale: jax.Array, best: jax.Array, bad: 
     reductions)``. ``a_ok`` false (a non-finite value) counts as not better."""
     better = a_ok & _is_better(rule, a, best)
     best = jnp.where(better, a, best)
-    bad = nm.increment_or_reset(bad, ~better)
+    bad = nx.increment_or_reset(bad, ~better)
     in_cooldown = cooldown > 0
     cd = jnp.where(in_cooldown, cooldown - 1, cooldown)
     bad = jnp.where(in_cooldown, 0, bad)
-    trigger = bad > nm.hyper_i32(rule.patience)
-    candidate = jnp.maximum(scale * nm.hyper_f32(rule.factor), nm.hyper_f32(rule.min_scale))
-    apply = trigger & (scale - candidate > nm.hyper_f32(rule.eps))
+    trigger = bad > nx.hyper_i32(rule.patience)
+    candidate = jnp.maximum(scale * nx.hyper_f32(rule.factor), nx.hyper_f32(rule.min_scale))
+    apply = trigger & (scale - candidate > nx.hyper_f32(rule.eps))
     return (
         jnp.where(apply, candidate, scale),
         best,
         jnp.where(trigger, 0, bad).astype(_I32),
-        jnp.where(trigger, nm.hyper_i32(rule.cooldown), cd).astype(_I32),
-        jnp.where(apply, nm.saturating_increment(reductions), reductions),
+        jnp.where(trigger, nx.hyper_i32(rule.cooldown), cd).astype(_I32),
+        nx.increment_where(reductions, apply),
     )
 
 
@@ -119,7 +120,7 @@ class MetricPlateauState(NamedTuple):
 def _metric(value: Any) -> jax.Array:
     """The metric as a float32 scalar, or a TypeError/ValueError naming it."""
     fn = "MetricPlateau.step"
-    arr = jnp.asarray(val.check_value(fn, value, name="metric", what="the epoch's metric",
+    arr = jnp.asarray(check_value(fn, value, name="metric", what="the epoch's metric",
                                       example="val_accuracy"))
     if arr.shape != ():
         raise ValueError(f"{fn}: metric must be a scalar, got an array of shape {arr.shape}; "
@@ -205,12 +206,12 @@ class MetricPlateau:
         """The state before any metric: scale 1, no best yet."""
         del params
         return MetricPlateauState(
-            metric_plateau_scale=jnp.ones((), _F32),
+            metric_plateau_scale=nx.scalar(1.0),
             metric_plateau_best=initial_best(self.rule),
-            metric_plateau_bad_epochs=jnp.zeros((), _I32),
-            metric_plateau_cooldown=jnp.zeros((), _I32),
-            metric_plateau_reductions=jnp.zeros((), _I32),
-            metric_plateau_steps=jnp.zeros((), _I32),
+            metric_plateau_bad_epochs=nx.scalar(0),
+            metric_plateau_cooldown=nx.scalar(0),
+            metric_plateau_reductions=nx.scalar(0),
+            metric_plateau_steps=nx.scalar(0),
         )
 
     def update(self, updates: Any, state: MetricPlateauState, params: Any = None,
@@ -218,7 +219,7 @@ class MetricPlateau:
         """Multiplies the updates by the current scale; the state is unchanged
         (only :meth:`step` changes it). Extra arguments are ignored."""
         del params, extra_args
-        return nm.scale_tree(updates, state.metric_plateau_scale), state
+        return nx.scale_tree(updates, state.metric_plateau_scale), state
 
     def _advance(self, state: MetricPlateauState, metric: jax.Array,
                  when: jax.Array) -> MetricPlateauState:
@@ -226,7 +227,7 @@ class MetricPlateau:
         scale, best, bad, cd, reductions, steps = old
         decided = plateau_decision(self.rule, scale, best, bad, cd, reductions, metric,
                                    jnp.isfinite(metric))
-        decided = (*decided, nm.saturating_increment(steps))
+        decided = (*decided, optax.safe_increment(steps))
         # jnp.where makes a new array for every field, so no two states (the
         # old one a caller may donate, the new one) share a buffer.
         new = [jnp.where(when, n, o).astype(jnp.asarray(o).dtype)

@@ -89,6 +89,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from optaxsched import _numerics as nx
 
@@ -151,17 +152,12 @@ def recovery_init(params: Any = None) -> RecoveryState:
     """Multiplier 1, no history. One array per field, so states can be donated."""
     del params
 
-    def f32(x: float) -> jax.Array:
-        return jnp.array(x, dtype=jnp.float32)
-
-    def i32(x: int = 0) -> jax.Array:
-        return jnp.array(x, dtype=jnp.int32)
-
+    f32, i32 = nx.scalar, nx.scalar
     return RecoveryState(
         recovery_scale=f32(1.0), recovery_event_load=f32(0.0),
-        recovery_since_cut=i32(_REFRACTORY), recovery_burst_cuts=i32(), recovery_trend_cuts=i32(),
-        recovery_rising=jnp.zeros((), jnp.bool_),
-        recovery_losses=i32(), recovery_last_loss=f32(0.0), recovery_last_change=f32(0.0),
+        recovery_since_cut=i32(_REFRACTORY), recovery_burst_cuts=i32(0), recovery_trend_cuts=i32(0),
+        recovery_rising=nx.scalar(False),
+        recovery_losses=i32(0), recovery_last_loss=f32(0.0), recovery_last_change=f32(0.0),
         recovery_loss_jitter=f32(0.0), recovery_loss_fast=f32(0.0), recovery_loss_slow=f32(0.0),
         recovery_gap_mean=f32(0.0), recovery_gap_var=f32(0.0),
     )
@@ -172,8 +168,8 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     loss-statistics fields)."""
     prev = s.recovery_losses
     n = nx.increment_where(prev, ok)
-    fast = jnp.where(ok, nx.ema(s.recovery_loss_fast, loss, _FAST), s.recovery_loss_fast)
-    slow = jnp.where(ok, nx.ema(s.recovery_loss_slow, loss, _SLOW), s.recovery_loss_slow)
+    fast = nx.ema_where(s.recovery_loss_fast, loss, _FAST, ok)
+    slow = nx.ema_where(s.recovery_loss_slow, loss, _SLOW, ok)
     m = nx.bias_correction(slow, _SLOW, n)
     gap = nx.bias_correction(fast, _FAST, n) - m
 
@@ -193,10 +189,8 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     # within about 20 steps, while the burst of an overshoot cannot blind the test.
     bar = _DIVERGENCE_Z * jnp.sqrt(jitter)
     curvature = jnp.where(prev > 2, jnp.clip(curvature, -bar, bar), curvature)
-    loss_jitter = jnp.where(
-        ok & (prev > 1), nx.ema(s.recovery_loss_jitter, curvature * curvature, _SLOW),
-        s.recovery_loss_jitter,
-    )
+    loss_jitter = nx.ema_where(s.recovery_loss_jitter, curvature * curvature, _SLOW,
+                               ok & (prev > 1))
     z = jnp.where(prev > 0, (gap - mu) / jnp.maximum(sd, _TINY), 0.0)
     # Only a gap that is still widening: after a jump the loss may sit at its
     # new level while the slow EMA catches up, and that is not a climb.
@@ -210,11 +204,10 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
 
     # Winsorised statistics: a diverging step cannot teach that divergence is normal.
     x = jnp.where(prev > 0, jnp.clip(gap, mu - _DIVERGENCE_Z * sd, mu + _DIVERGENCE_Z * sd), gap)
-    gap_mean = jnp.where(ok, nx.ema(s.recovery_gap_mean, x, _SLOW), s.recovery_gap_mean)
+    gap_mean = nx.ema_where(s.recovery_gap_mean, x, _SLOW, ok)
     dev = x - nx.bias_correction(gap_mean, _SLOW, n)
     dev = jnp.where(prev > 0, jnp.clip(dev, -_VAR_CLIP * sd, _VAR_CLIP * sd), dev)
-    gap_var = jnp.where(ok, nx.ema(s.recovery_gap_var, jnp.square(dev), _SLOW),
-                        s.recovery_gap_var)
+    gap_var = nx.ema_where(s.recovery_gap_var, jnp.square(dev), _SLOW, ok)
     fields = dict(
         recovery_last_loss=jnp.where(ok, loss, last),
         recovery_last_change=jnp.where(ok, change, s.recovery_last_change),
@@ -258,7 +251,7 @@ def recovery_step(
             s, jnp.asarray(log_loss, jnp.float32), accepted & loss_ok)
     else:
         trend, loss_fields = jnp.zeros((), jnp.bool_), {}
-    since = nx.saturating_increment(s.recovery_since_cut)
+    since = optax.safe_increment(s.recovery_since_cut)
     may_cut = since >= _REFRACTORY
     burst_cut = may_cut & burst
     trend_cut = may_cut & trend & ~burst

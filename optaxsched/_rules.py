@@ -20,7 +20,7 @@ import numpy as np
 from optaxsched._validation import check_number, is_traced
 
 __all__ = ["LayerIndexPattern", "Rule", "compile_pattern", "compile_rules",
-           "check_multiplier", "check_label", "check_bool"]
+           "check_multiplier", "check_label"]
 
 
 class LayerIndexPattern:
@@ -129,7 +129,3 @@ def check_label(fn: str, name: str, value: Any) -> None:
             f"{fn}({name}={value!r}): a label must be a str, got {type(value).__name__}"
         )
 
-
-def check_bool(fn: str, name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{fn}({name}={value!r}): {name} must be a bool")

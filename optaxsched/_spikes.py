@@ -121,5 +121,5 @@ def update_stats(
     mean = jnp.where(restart, x, mean)
     var = jnp.where(restart, 0.0, var)
     count = jnp.where(restart, jnp.ones_like(count), count)
-    run = jnp.where(accept, jnp.where(test.spike, nx.saturating_increment(run), 0), run)
+    run = jnp.where(accept, nx.increment_or_reset(run, test.spike), run)
     return mean, var, count, run.astype(jnp.int32)

@@ -20,7 +20,7 @@ import numpy as np
 
 from optaxsched import _nnx
 from optaxsched._paths import path_str
-from optaxsched._rules import check_bool
+from optaxsched._validation import check_bool
 
 __all__ = ["telemetry", "effective_learning_rate"]
 

@@ -585,7 +585,7 @@ BAD_ARGS = [
     (ox.clip_by_ema_ratio, dict(warmup_steps=-1), ValueError, "warmup_steps must be >= 0"),
     (ox.clip_by_ema_ratio, dict(warmup_max_norm=-1.0), ValueError,
      "warmup_max_norm must be > 0"),
-    (ox.clip_by_ema_ratio, dict(per_tensor="yes"), TypeError, "per_tensor must be a bool"),
+    (ox.clip_by_ema_ratio, dict(per_tensor="yes"), TypeError, "per_tensor must be True or False"),
 ]
 
 

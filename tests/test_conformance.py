@@ -2,7 +2,9 @@
 
 eager == jit; no recompile on the second call; float32 and bfloat16 keep their
 dtypes; NaN/Inf gradients and losses never put NaN into the state; a state
-saved and restored continues identically; works inside ``optax.chain`` and
+saved and restored continues identically; half-precision updates are the
+float32 ones rounded once (one scaling path, statistics in float32); works
+inside ``optax.chain`` and
 ``optax.inject_hyperparams``; ignores unknown extra arguments; works under
 ``lax.scan``. The sharded check lives in ``test_conformance_sharded.py``.
 """
@@ -94,6 +96,31 @@ def test_dtypes_are_kept(case, dtype):
         u, state = update(g, state, params, **_extra(case, i))
         chex.assert_trees_all_equal_dtypes(u, g)
         chex.assert_trees_all_equal_shapes_and_dtypes(state, state0)
+
+
+def _scaling_only(case: Case):
+    # A wrapped optimizer computes in the leaf dtype by design (optax's
+    # policy); with optax.identity inside, the guard itself is checked.
+    if "inner" in case.kwargs:
+        return case.factory(**{**case.kwargs, "inner": optax.identity()})
+    return case.make()
+
+
+@pytest.mark.parametrize("half", [jnp.bfloat16, jnp.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_half_precision_is_float32_rounded_once(case, half):
+    # Same gradient values in half precision and in float32: the statistics
+    # (float32 either way) agree, so each half-precision update must be the
+    # float32 update rounded once, bit for bit, never a product taken in
+    # half precision.
+    tx = _scaling_only(case)
+    grads = [jax.tree.map(lambda x: x.astype(half), g) for g in grad_sequence(3)]
+    params = make_tree(0, half)
+    out_half, _ = _run(tx, grads, params, case)
+    wide = lambda t: jax.tree.map(lambda x: x.astype(jnp.float32), t)  # noqa: E731
+    out_f32, _ = _run(tx, [wide(g) for g in grads], wide(params), case)
+    for u_half, u_f32 in zip(out_half, out_f32):
+        chex.assert_trees_all_equal(u_half, jax.tree.map(lambda x: x.astype(half), u_f32))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)

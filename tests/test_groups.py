@@ -367,7 +367,7 @@ def test_label_by_path_errors_and_structure():
         (lambda: ox.scale_by_group({"b": lambda t: jnp.float32(-1.0)}), ValueError,
          r"rules\['b'\]\(0\) must be >= 0"),
         (lambda: ox.scale_by_group({"b": lambda t: jnp.ones(2)}), ValueError, r"return a scalar"),
-        (lambda: ox.scale_by_group({}, strict=1), TypeError, r"strict must be a bool"),
+        (lambda: ox.scale_by_group({}, strict=1), TypeError, r"strict must be True or False"),
         (lambda: ox.scale_by_group({"b": lambda t: t["x"]}), TypeError,
          r"calling the schedule at step 0 failed"),
         (lambda: ox.layer_decay_rules(0.0, 2), ValueError, r"decay must be > 0"),

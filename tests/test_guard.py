@@ -319,7 +319,7 @@ def test_bf16_norm_does_not_overflow():
         (dict(max_consecutive_skips=2.5), "max_consecutive_skips must be an integer"),
         (dict(probe_steps=20), "unexpected keyword argument 'probe_steps'"),
         (dict(z_threshold="6"), "z_threshold must be a number"),
-        (dict(watch_loss=1), "watch_loss must be a bool"),
+        (dict(watch_loss=1), "watch_loss must be True or False"),
     ],
 )
 def test_bad_arguments(kwargs, match):
