@@ -19,17 +19,19 @@ by the last). The modules named with a leading underscore are private.
 from importlib import metadata as _metadata
 
 from optaxsched import schedules
-from optaxsched._clipping import (
+from optaxsched._adaptive_clipping import (
     ClipByEmaRatioState,
-    ClipByGlobalNormState,
     ClipByPercentileState,
     ClipByZscoreState,
-    ScaleByGradNormRmsState,
-    ScaleByGradNormState,
     clip_by_ema_ratio,
-    clip_by_global_norm,
     clip_by_percentile,
     clip_by_zscore,
+)
+from optaxsched._clipping import (
+    ClipByGlobalNormState,
+    ScaleByGradNormRmsState,
+    ScaleByGradNormState,
+    clip_by_global_norm,
     scale_by_grad_norm,
     scale_by_grad_norm_rms,
 )
