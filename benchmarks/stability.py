@@ -114,9 +114,9 @@ LOW_SCALE = 0.99
 FAULT_TARGET = 0.02
 # Guard counters reported per decision reason (false alarms on clean runs).
 REASONS = {
-    "norm spike": "norm_spike_steps",
-    "loss spike": "loss_spike_steps",
-    "restart": "restart_steps",
+    "norm spike": "guard_norm_spike_steps",
+    "loss spike": "guard_loss_spike_steps",
+    "restart": "guard_restart_steps",
     "burst cut": "recovery_burst_cuts",
     "trend cut": "recovery_trend_cuts",
 }
@@ -192,7 +192,7 @@ def _finish(carry, outputs, evaluate, problem, init_loss) -> dict[str, np.ndarra
     final, acc = evaluate(params, problem.eval_data, problem.consts)
     losses = np.concatenate([np.asarray(o[0]) for o in outputs], axis=-1)
     scales = np.concatenate([np.asarray(o[1]) for o in outputs], axis=-1)
-    skipped = optax.tree.get(opt_state, "skipped_steps", None)
+    skipped = optax.tree.get(opt_state, "guard_skipped_steps", None)
     final = np.asarray(final)
     reasons = {}
     for reason, field in REASONS.items():

@@ -27,7 +27,7 @@ its warm-up (no clipping yet), ``inf`` in the CSV file, and tensorboardX logs
 "NaN or Inf found in input tensor." for it.
 
 ``corrupt_step`` makes one batch NaN: the guard skips that step, and the
-``skipped_steps`` and ``nonfinite_steps`` columns go from 0 to 1.
+``guard_skipped_steps`` and ``guard_nonfinite_steps`` columns go from 0 to 1.
 
 Run it (``pip install -e '.[examples]'`` installs tensorboardX)::
 
@@ -228,8 +228,8 @@ def main(
                     short = {k.rsplit("/", 1)[-1]: v for k, v in row.items()}
                     print(f"step {t:5d}  loss {row['loss']:.4g}  lr "
                           f"{short['learning_rate']:.3g}  grad norm "
-                          f"{short['last_grad_norm']:.3g}  skipped "
-                          f"{short['skipped_steps']:.0f}")
+                          f"{short['guard_grad_norm']:.3g}  skipped "
+                          f"{short['guard_skipped_steps']:.0f}")
     if verbose:
         print(f"wrote {len(rows)} rows to {log.csv_path}; tensorboard --logdir {log.logdir}")
     return {"rows": rows, "csv": log.csv_path,

@@ -96,8 +96,8 @@ def loss_fn(params: dict, seqs: jax.Array) -> jax.Array:
 # ------------------------------------------------------------------- training
 
 
-REASONS = ("nonfinite_steps", "norm_spike_steps", "loss_spike_steps", "restart_steps",
-           "recovery_burst_cuts", "recovery_trend_cuts")
+REASONS = ("guard_nonfinite_steps", "guard_norm_spike_steps", "guard_loss_spike_steps",
+           "guard_restart_steps", "recovery_burst_cuts", "recovery_trend_cuts")
 
 
 def train(tx: optax.GradientTransformation, data: np.ndarray, faults: dict[int, float],
@@ -120,7 +120,7 @@ def train(tx: optax.GradientTransformation, data: np.ndarray, faults: dict[int, 
         params, opt_state, loss, gnorm, stats = step(
             params, opt_state, batch, jnp.float32(faults.get(t, 1.0)))
         scale = next((v for k, v in stats.items() if k.endswith("recovery_scale")), 1.0)
-        skipped = next((v for k, v in stats.items() if k.endswith("skipped_steps")), 0)
+        skipped = next((v for k, v in stats.items() if k.endswith("guard_skipped_steps")), 0)
         rec["loss"].append(float(loss))
         rec["grad_norm"].append(float(gnorm))
         rec["scale"].append(float(scale))

@@ -37,8 +37,8 @@ from optaxsched import schedules
 # The telemetry fields printed every ``log_every`` steps, by short name (the
 # last path component; the library's field names are unique). The full keys
 # depend on where each transform sits, e.g. ``2/metric_plateau_scale``.
-LOG_FIELDS = ("learning_rate", "last_grad_norm", "recovery_scale", "metric_plateau_scale",
-              "skipped_steps")
+LOG_FIELDS = ("learning_rate", "guard_grad_norm", "recovery_scale", "metric_plateau_scale",
+              "guard_skipped_steps")
 
 
 class ResidualMlp(nnx.Module):

@@ -50,11 +50,17 @@ _INF = float("inf")
 class ClipByGlobalNormState(NamedTuple):
     """State of ``clip_by_global_norm`` (statistics of the last step and counts)."""
 
-    grad_norm: jax.Array  # pre-clip global norm (+inf when non-finite)
-    clipped: jax.Array  # bool: the step was rescaled to max_norm
-    clip_nonfinite: jax.Array  # bool: the step was non-finite and zeroed
-    clip_count: jax.Array  # int32: clipped steps so far
-    clip_nonfinite_count: jax.Array  # int32: non-finite steps so far
+    gclip_grad_norm: jax.Array  # pre-clip global norm (+inf when non-finite)
+    gclip_clipped: jax.Array  # bool: the step was rescaled to max_norm
+    gclip_nonfinite: jax.Array  # bool: the step was non-finite and zeroed
+    gclip_clip_count: jax.Array  # int32: clipped steps so far
+    gclip_nonfinite_count: jax.Array  # int32: non-finite steps so far
+
+
+# The field names of version 0.1, still readable as attributes (not fields).
+nx.alias_fields(ClipByGlobalNormState, {
+    "grad_norm": "gclip_grad_norm", "clipped": "gclip_clipped", "clip_nonfinite": "gclip_nonfinite",
+    "clip_count": "gclip_clip_count", "clip_nonfinite_count": "gclip_nonfinite_count"})
 
 
 def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
@@ -65,7 +71,7 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
 
     The norm is accumulated in float32 (bf16/fp16 cannot overflow). Unlike
     ``optax.clip_by_global_norm``, a non-finite gradient gives zero updates
-    (never NaN) and sets ``clip_nonfinite``; the pre-clip norm is kept.
+    (never NaN) and sets ``gclip_nonfinite``; the pre-clip norm is kept.
 
     Args:
       max_norm: the maximum global norm c, > 0 (injectable).
@@ -81,7 +87,7 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
       >>> tx = ox.clip_by_global_norm(1.0)
       >>> g = {"w": jnp.array([3.0, 4.0])}
       >>> u, s = tx.update(g, tx.init(g))
-      >>> print(u["w"], s.grad_norm, s.clipped)
+      >>> print(u["w"], s.gclip_grad_norm, s.gclip_clipped)
       [0.6 0.8] 5.0 True
 
     References:
@@ -102,11 +108,11 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
         scale, clipped = nx.clip_factor(norm, nx.hyper_f32(max_norm))
         clipped = clipped & finite
         return nx.scale_tree_or_zero(updates, scale, finite), ClipByGlobalNormState(
-            grad_norm=norm,
-            clipped=clipped,
-            clip_nonfinite=~finite,
-            clip_count=nx.increment_where(state.clip_count, clipped),
-            clip_nonfinite_count=nx.increment_where(state.clip_nonfinite_count, ~finite),
+            gclip_grad_norm=norm,
+            gclip_clipped=clipped,
+            gclip_nonfinite=~finite,
+            gclip_clip_count=nx.increment_where(state.gclip_clip_count, clipped),
+            gclip_nonfinite_count=nx.increment_where(state.gclip_nonfinite_count, ~finite),
         )
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -14,8 +14,8 @@ gradient is finite), looks at the loss when ``value=`` is passed, and decides:
   that keeps climbing -- and regrows within about 50 steps
   (``optaxsched._recovery``);
 * after ``max_consecutive_skips`` skipped steps in a row the state's
-  ``diverged`` flag is set and the guard emits zero updates from then on. It
-  never applies a non-finite update.
+  ``guard_diverged`` flag is set and the guard emits zero updates from then
+  on. It never applies a non-finite update.
 
 The step's decisions are the module-level pure functions of those two
 modules; this one validates the arguments and wires them together.
@@ -61,65 +61,79 @@ class ExplosionGuardState(NamedTuple):
     Attributes:
       inner_state: the wrapped optimizer's state (frozen on skipped steps).
       guard_steps: steps seen (int32, saturating).
-      accepted_steps: steps whose update was applied.
-      skipped_steps: steps whose update was zeroed (non-finite, spike, diverged).
-      consecutive_skips: skipped steps since the last accepted one.
-      nonfinite_steps: steps with a non-finite gradient or loss.
-      spike_steps: finite steps flagged as spikes (gradient norm or loss).
-      norm_spike_steps, loss_spike_steps: spikes of the gradient norm and of
-        the loss (a step can be both).
-      restart_steps: steps on which a statistic restarted after three spikes
-        in a row (a change of regime, applied as a normal step).
-      clipped_steps: spikes rescaled to the threshold (``on_spike="clip"``).
-      vanishing_steps: steps whose gradient norm was below ``vanishing_threshold``.
-      last_grad_norm: this step's global gradient norm (+inf when non-finite).
-      norm_log_mean, norm_log_var, norm_stats_count: running statistics of
-        log(grad norm) and how many steps fed them.
-      norm_spike_run: gradient-norm spikes in a row.
-      loss_log_mean, loss_log_var, loss_stats_count, loss_spike_run: the same
-        for log(loss) (positive losses only).
-      last_loss: the last finite loss (0 when no ``value`` was passed).
-      recovery: the recovery rule's state; ``recovery.recovery_scale`` is the
-        multiplier applied to the inner updates, and ``recovery_burst_cuts``
-        / ``recovery_trend_cuts`` count its cuts by the test that made them.
-      diverged: set after ``max_consecutive_skips`` skips in a row; sticky.
+      guard_accepted_steps: steps whose update was applied.
+      guard_skipped_steps: steps whose update was zeroed (non-finite, spike, diverged).
+      guard_consecutive_skips: skipped steps since the last accepted one.
+      guard_nonfinite_steps: steps with a non-finite gradient or loss.
+      guard_spike_steps: finite steps flagged as spikes (gradient norm or loss).
+      guard_norm_spike_steps, guard_loss_spike_steps: spikes of the gradient
+        norm and of the loss (a step can be both).
+      guard_restart_steps: steps on which a statistic restarted after three
+        spikes in a row (a change of regime, applied as a normal step).
+      guard_clipped_steps: spikes rescaled to the threshold (``on_spike="clip"``).
+      guard_vanishing_steps: steps whose gradient norm was below
+        ``vanishing_threshold``.
+      guard_grad_norm: this step's global gradient norm (+inf when non-finite).
+      guard_norm_log_mean, guard_norm_log_var, guard_norm_stats_count: running
+        statistics of log(grad norm) and how many steps fed them.
+      guard_norm_spike_run: gradient-norm spikes in a row.
+      guard_loss_log_mean, guard_loss_log_var, guard_loss_stats_count,
+        guard_loss_spike_run: the same for log(loss) (positive losses only).
+      guard_last_loss: the last finite loss (0 when no ``value`` was passed).
+      guard_recovery: the recovery rule's state;
+        ``guard_recovery.recovery_scale`` is the multiplier applied to the
+        inner updates, and ``recovery_burst_cuts`` / ``recovery_trend_cuts``
+        count its cuts by the test that made them.
+      guard_diverged: set after ``max_consecutive_skips`` skips in a row; sticky.
+
+    Every field but ``inner_state`` (optax's name for a wrapped state) starts
+    with ``guard_``. The names of version 0.1 (``skipped_steps``,
+    ``diverged``, ``last_grad_norm``, ``recovery``, ...) still read as
+    attributes; they are not fields, so checkpoints and ``telemetry`` use
+    the new names only.
     """
 
     inner_state: Any
     guard_steps: jax.Array
-    accepted_steps: jax.Array
-    skipped_steps: jax.Array
-    consecutive_skips: jax.Array
-    nonfinite_steps: jax.Array
-    spike_steps: jax.Array
-    norm_spike_steps: jax.Array
-    loss_spike_steps: jax.Array
-    restart_steps: jax.Array
-    clipped_steps: jax.Array
-    vanishing_steps: jax.Array
-    last_grad_norm: jax.Array
-    norm_log_mean: jax.Array
-    norm_log_var: jax.Array
-    norm_stats_count: jax.Array
-    norm_spike_run: jax.Array
-    loss_log_mean: jax.Array
-    loss_log_var: jax.Array
-    loss_stats_count: jax.Array
-    loss_spike_run: jax.Array
-    last_loss: jax.Array
-    recovery: rec.RecoveryState
-    diverged: jax.Array
+    guard_accepted_steps: jax.Array
+    guard_skipped_steps: jax.Array
+    guard_consecutive_skips: jax.Array
+    guard_nonfinite_steps: jax.Array
+    guard_spike_steps: jax.Array
+    guard_norm_spike_steps: jax.Array
+    guard_loss_spike_steps: jax.Array
+    guard_restart_steps: jax.Array
+    guard_clipped_steps: jax.Array
+    guard_vanishing_steps: jax.Array
+    guard_grad_norm: jax.Array
+    guard_norm_log_mean: jax.Array
+    guard_norm_log_var: jax.Array
+    guard_norm_stats_count: jax.Array
+    guard_norm_spike_run: jax.Array
+    guard_loss_log_mean: jax.Array
+    guard_loss_log_var: jax.Array
+    guard_loss_stats_count: jax.Array
+    guard_loss_spike_run: jax.Array
+    guard_last_loss: jax.Array
+    guard_recovery: rec.RecoveryState
+    guard_diverged: jax.Array
 
 
 # Every int32 counter and float32 statistic of the state, each started at 0.
 _COUNTER_FIELDS = (
-    "guard_steps", "accepted_steps", "skipped_steps", "consecutive_skips", "nonfinite_steps",
-    "spike_steps", "norm_spike_steps", "loss_spike_steps", "restart_steps", "clipped_steps",
-    "vanishing_steps", "norm_stats_count", "norm_spike_run", "loss_stats_count",
-    "loss_spike_run",
+    "guard_steps", "guard_accepted_steps", "guard_skipped_steps", "guard_consecutive_skips",
+    "guard_nonfinite_steps", "guard_spike_steps", "guard_norm_spike_steps",
+    "guard_loss_spike_steps", "guard_restart_steps", "guard_clipped_steps",
+    "guard_vanishing_steps", "guard_norm_stats_count", "guard_norm_spike_run",
+    "guard_loss_stats_count", "guard_loss_spike_run",
 )
-_FLOAT_FIELDS = ("last_grad_norm", "norm_log_mean", "norm_log_var", "loss_log_mean",
-                 "loss_log_var", "last_loss")
+_FLOAT_FIELDS = ("guard_grad_norm", "guard_norm_log_mean", "guard_norm_log_var",
+                 "guard_loss_log_mean", "guard_loss_log_var", "guard_last_loss")
+nx.alias_fields(ExplosionGuardState, {
+    **{f.removeprefix("guard_"): f for f in ExplosionGuardState._fields
+       if f.startswith("guard_") and f not in ("guard_steps", "guard_grad_norm")},
+    "last_grad_norm": "guard_grad_norm",
+})
 
 
 class _Config(NamedTuple):
@@ -140,16 +154,18 @@ class _Config(NamedTuple):
 def _init_state(inner_state: Any) -> ExplosionGuardState:
     counters = {f: nx.scalar(0) for f in _COUNTER_FIELDS}
     floats = {f: nx.scalar(0.0) for f in _FLOAT_FIELDS}
-    return ExplosionGuardState(inner_state=inner_state, recovery=rec.recovery_init(),
-                               diverged=nx.scalar(False), **counters, **floats)
+    return ExplosionGuardState(inner_state=inner_state, guard_recovery=rec.recovery_init(),
+                               guard_diverged=nx.scalar(False), **counters, **floats)
 
 
 def _norm_stats(state):
-    return state.norm_log_mean, state.norm_log_var, state.norm_stats_count, state.norm_spike_run
+    return (state.guard_norm_log_mean, state.guard_norm_log_var, state.guard_norm_stats_count,
+            state.guard_norm_spike_run)
 
 
 def _loss_stats(state):
-    return state.loss_log_mean, state.loss_log_var, state.loss_stats_count, state.loss_spike_run
+    return (state.guard_loss_log_mean, state.guard_loss_log_var, state.guard_loss_stats_count,
+            state.guard_loss_spike_run)
 
 
 def _test(stats, x, valid, z, floor, prior):
@@ -186,15 +202,15 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
     spike = nt.spike | lt.spike
     restart = (nt.restart | lt.restart) & ~spike
     event = ~finite | spike | restart
-    skip = ~finite | state.diverged
+    skip = ~finite | state.guard_diverged
     clip = jnp.zeros((), jnp.bool_)
     if cfg.on_spike == "skip":
         skip = skip | spike
     elif cfg.on_spike == "clip":
-        clip = nt.spike & ~state.diverged
+        clip = nt.spike & ~state.guard_diverged
 
     scale, recovery = rec.recovery_step(
-        state.recovery, log_loss=log_loss, loss_ok=loss_tested, accepted=finite & ~spike,
+        state.guard_recovery, log_loss=log_loss, loss_ok=loss_tested, accepted=finite & ~spike,
         event=event, has_loss=has_loss,
         backoff_factor=cfg.backoff_factor, growth_factor=cfg.growth_factor,
         min_scale=cfg.min_scale,
@@ -207,7 +223,7 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
     else:
         l_mean, l_var, l_count, l_run = _loss_stats(state)
 
-    consecutive = nx.increment_or_reset(state.consecutive_skips, skip)
+    consecutive = nx.increment_or_reset(state.guard_consecutive_skips, skip)
     if cfg.vanishing_threshold is None:
         vanishing = jnp.zeros((), jnp.bool_)
     else:
@@ -216,22 +232,24 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
     new_state = ExplosionGuardState(
         inner_state=None,
         guard_steps=optax.safe_increment(state.guard_steps),
-        accepted_steps=count(state.accepted_steps, ~skip),
-        skipped_steps=count(state.skipped_steps, skip),
-        consecutive_skips=consecutive,
-        nonfinite_steps=count(state.nonfinite_steps, ~finite),
-        spike_steps=count(state.spike_steps, spike),
-        norm_spike_steps=count(state.norm_spike_steps, nt.spike),
-        loss_spike_steps=count(state.loss_spike_steps, lt.spike),
-        restart_steps=count(state.restart_steps, restart),
-        clipped_steps=count(state.clipped_steps, clip),
-        vanishing_steps=count(state.vanishing_steps, vanishing),
-        last_grad_norm=norm,
-        norm_log_mean=n_mean, norm_log_var=n_var, norm_stats_count=n_count, norm_spike_run=n_run,
-        loss_log_mean=l_mean, loss_log_var=l_var, loss_stats_count=l_count, loss_spike_run=l_run,
-        last_loss=jnp.where(loss_finite, loss, state.last_loss),
-        recovery=recovery,
-        diverged=state.diverged | (consecutive > cfg.max_consecutive_skips),
+        guard_accepted_steps=count(state.guard_accepted_steps, ~skip),
+        guard_skipped_steps=count(state.guard_skipped_steps, skip),
+        guard_consecutive_skips=consecutive,
+        guard_nonfinite_steps=count(state.guard_nonfinite_steps, ~finite),
+        guard_spike_steps=count(state.guard_spike_steps, spike),
+        guard_norm_spike_steps=count(state.guard_norm_spike_steps, nt.spike),
+        guard_loss_spike_steps=count(state.guard_loss_spike_steps, lt.spike),
+        guard_restart_steps=count(state.guard_restart_steps, restart),
+        guard_clipped_steps=count(state.guard_clipped_steps, clip),
+        guard_vanishing_steps=count(state.guard_vanishing_steps, vanishing),
+        guard_grad_norm=norm,
+        guard_norm_log_mean=n_mean, guard_norm_log_var=n_var, guard_norm_stats_count=n_count,
+        guard_norm_spike_run=n_run,
+        guard_loss_log_mean=l_mean, guard_loss_log_var=l_var, guard_loss_stats_count=l_count,
+        guard_loss_spike_run=l_run,
+        guard_last_loss=jnp.where(loss_finite, loss, state.guard_last_loss),
+        guard_recovery=recovery,
+        guard_diverged=state.guard_diverged | (consecutive > cfg.max_consecutive_skips),
     )
     # Gradient multiplier: the clip factor on clipped steps, else 1.
     gscale = jnp.where(clip, jnp.exp(nt.threshold) / jnp.maximum(norm, _TINY), 1.0)
@@ -292,11 +310,11 @@ def explosion_guard(
     step where neither test fires multiplies it by ``growth_factor`` up to 1
     (defaults: a cut is undone in 50 steps). Equations in
     ``optaxsched._recovery``; the state counts every decision by the test
-    that made it (``norm_spike_steps``, ``loss_spike_steps``,
-    ``nonfinite_steps``, ``restart_steps``, ``recovery_burst_cuts``,
+    that made it (``guard_norm_spike_steps``, ``guard_loss_spike_steps``,
+    ``guard_nonfinite_steps``, ``guard_restart_steps``, ``recovery_burst_cuts``,
     ``recovery_trend_cuts``).
 
-    After more than ``max_consecutive_skips`` skips in a row, ``diverged`` is
+    After more than ``max_consecutive_skips`` skips in a row, ``guard_diverged`` is
     set and every later update is zero: the training loop can see the flag
     and restore a checkpoint. (``optax.apply_if_finite`` instead gives up and
     applies the non-finite updates.)
@@ -320,7 +338,7 @@ def explosion_guard(
         in (0, 1]; 1 never lowers it.
       growth_factor: per-healthy-step growth of the update scale back to 1; >= 1.
       min_scale: floor of the update scale; in (0, 1].
-      max_consecutive_skips: skips in a row tolerated before ``diverged``; >= 1.
+      max_consecutive_skips: skips in a row tolerated before ``guard_diverged``; >= 1.
       vanishing_threshold: count steps whose gradient norm is below this;
         ``None`` disables; >= 0.
       decay: decay of the running statistics; in (0, 1).
@@ -345,9 +363,10 @@ def explosion_guard(
       ...     params = optax.apply_updates(params, updates)
       >>> params["w"]  # 1 - 0.1 * (1.0 + 1.2 + 0.9 + 1.1 + 1.0)
       Array([0.48, 0.48, 0.48], dtype=float32)
-      >>> int(state.nonfinite_steps), int(state.norm_spike_steps), int(state.skipped_steps)
+      >>> s = state
+      >>> int(s.guard_nonfinite_steps), int(s.guard_norm_spike_steps), int(s.guard_skipped_steps)
       (1, 1, 2)
-      >>> float(state.recovery.recovery_scale)
+      >>> float(state.guard_recovery.recovery_scale)
       1.0
 
     References:

@@ -30,6 +30,7 @@ is a fresh array (:func:`scalar`), so a state can be donated to a jitted step.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "hyper_f32",
     "hyper_i32",
     "scalar",
+    "alias_fields",
     "increment_where",
     "increment_or_reset",
     "ema",
@@ -164,6 +166,18 @@ def scalar(value: bool | int | float = 0.0, dtype: Any = None) -> jax.Array:
     # jnp.array copies: an array value (an injected hyperparameter) must not
     # end up shared between the state and its source either.
     return jnp.array(value, dtype=dtype).reshape(())
+
+
+def alias_fields(cls: type, renamed: dict[str, str]) -> None:
+    """Gives the NamedTuple ``cls`` read-only attributes under former field
+    names: ``renamed`` maps each old name to its field. They are properties,
+    not fields, so the state's structure (its checkpoint format) has the new
+    names only, while code reading ``state.old_name`` keeps working."""
+    for old, new in renamed.items():
+        if old in cls._fields or new not in cls._fields:  # type: ignore[attr-defined]
+            raise ValueError(f"alias_fields({cls.__name__}): bad alias {old!r} -> {new!r}")
+        prop = property(operator.attrgetter(new), doc=f"Former name of ``{new}``.")
+        setattr(cls, old, prop)
 
 
 def increment_where(count: jax.Array, cond: jax.Array) -> jax.Array:

@@ -125,7 +125,7 @@ def telemetry(opt_state: Any, *, per_tensor: bool = False,
     A *statistic* is a 0-d (bool, integer or floating) leaf of an optimizer
     state: the counters, norms, scales and flags of every state NamedTuple
     anywhere in the tree (chains, ``optax.partition``, ``explosion_guard``
-    and its ``recovery`` state, the inner state of any wrapper), the current
+    and its ``guard_recovery`` state, the inner state of any wrapper), the current
     hyperparameters of ``optax.inject_hyperparams`` (e.g. the scheduled
     learning rate) and, for Flax ``nnx.Optimizer`` states, every ``OptState``
     scalar. Trees that mirror the parameters (Adam's ``mu``/``nu``, AdaGC's
@@ -146,8 +146,8 @@ def telemetry(opt_state: Any, *, per_tensor: bool = False,
 
     ============================================  ==================================
     ``chain(clip_by_zscore(), adam)``              ``0/zclip_mean``, ``1/0/count``
-    ``explosion_guard(adam)``                      ``skipped_steps``,
-                                                   ``recovery/recovery_scale``, ``0/count``
+    ``explosion_guard(adam)``                      ``guard_skipped_steps``,
+                                                   ``guard_recovery/recovery_scale``, ``0/count``
     ``inject_hyperparams(sgd)(learning_rate=s)``   ``hyperparams/learning_rate``
     ``partition({"a": tx, ...})``                  ``a/...``
     ============================================  ==================================
@@ -202,10 +202,10 @@ def telemetry(opt_state: Any, *, per_tensor: bool = False,
       ...     return optax.apply_updates(params, updates), state, ox.telemetry(state)
       >>> params, state, stats = step(params, state)
       >>> sorted(stats)  # doctest: +NORMALIZE_WHITESPACE
-      ['0/clip_count', '0/clip_nonfinite', '0/clip_nonfinite_count', '0/clipped',
-       '0/grad_norm', '1/count', '1/hyperparams/learning_rate',
+      ['0/gclip_clip_count', '0/gclip_clipped', '0/gclip_grad_norm', '0/gclip_nonfinite',
+       '0/gclip_nonfinite_count', '1/count', '1/hyperparams/learning_rate',
        'effective_learning_rate/default']
-      >>> float(stats["0/grad_norm"]), bool(stats["0/clipped"])
+      >>> float(stats["0/gclip_grad_norm"]), bool(stats["0/gclip_clipped"])
       (3.464101552963257, True)
 
     References:

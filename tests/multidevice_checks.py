@@ -284,7 +284,7 @@ def run_all(mesh, params, grads) -> dict[str, list[str]]:
     tx = ox.clip_by_global_norm(8.0)
     local_norm = jax.jit(
         jax.shard_map(
-            lambda g, s: tx.update(g, s)[1].grad_norm[None], mesh=mesh,
+            lambda g, s: tx.update(g, s)[1].gclip_grad_norm[None], mesh=mesh,
             in_specs=(param_specs, P()), out_specs=P(AXIS), check_vma=False,
         )
     )(grads[0], tx.init(params))

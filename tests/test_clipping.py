@@ -217,12 +217,12 @@ def test_clip_by_global_norm_matches_reference(name):
     finite = np.isfinite(n)
     # direction is kept: each leaf keeps its share of the norm
     _close(out[finite], _out_global(out)[finite, None] * MIX, atol=1e-5)
-    _close(st.grad_norm[finite], n[finite])
-    assert np.all(st.grad_norm[~finite] == np.inf)
-    np.testing.assert_array_equal(st.clipped, finite & (np.nan_to_num(n) > 1.5))
-    np.testing.assert_array_equal(st.clip_nonfinite, ~finite)
-    np.testing.assert_array_equal(st.clip_count, np.cumsum(finite & (np.nan_to_num(n) > 1.5)))
-    np.testing.assert_array_equal(st.clip_nonfinite_count, np.cumsum(~finite))
+    _close(st.gclip_grad_norm[finite], n[finite])
+    assert np.all(st.gclip_grad_norm[~finite] == np.inf)
+    np.testing.assert_array_equal(st.gclip_clipped, finite & (np.nan_to_num(n) > 1.5))
+    np.testing.assert_array_equal(st.gclip_nonfinite, ~finite)
+    np.testing.assert_array_equal(st.gclip_clip_count, np.cumsum(finite & (np.nan_to_num(n) > 1.5)))
+    np.testing.assert_array_equal(st.gclip_nonfinite_count, np.cumsum(~finite))
     _no_nan(st)
 
 
@@ -422,7 +422,7 @@ def test_half_precision_tree_with_norm_1e5_is_clipped(dtype):
         got = _norm64(u)
         assert np.isfinite(got) and abs(got / want - 1) < 1e-2, (name, got, want)
     # the pre-clip norm is exact in float32
-    _close(states["clip_by_global_norm"].grad_norm, n1, rtol=1e-5)
+    _close(states["clip_by_global_norm"].gclip_grad_norm, n1, rtol=1e-5)
     _close(states["clip_by_zscore"].zclip_grad_norm, n1, rtol=1e-5)
 
 
@@ -432,7 +432,7 @@ def test_half_precision_norm_1e5_is_clipped_along_the_gradient(dtype):
     _, g = _two_step_big(dtype)
     n = _norm64(g)
     u, s = jax.jit(ox.clip_by_global_norm(1.0).update)(g, ox.clip_by_global_norm(1.0).init(g))
-    assert bool(s.clipped) and not bool(s.clip_nonfinite)
+    assert bool(s.gclip_clipped) and not bool(s.gclip_nonfinite)
     for name in ("big", "small"):
         assert u[name].dtype == dtype
         want = np.asarray(g[name], np.float64) / n
@@ -446,7 +446,7 @@ def test_half_precision_norm_1e5_is_clipped_along_the_gradient(dtype):
 # to 1e12 (fp16's largest finite number is 65504). Each case: the transform, its
 # state field for the pre-clip norm, and the output norm after one step from init.
 MILLION_CASES = {
-    "clip_by_global_norm": (ox.clip_by_global_norm(1.0), "grad_norm", 1.0),
+    "clip_by_global_norm": (ox.clip_by_global_norm(1.0), "gclip_grad_norm", 1.0),
     "scale_by_grad_norm": (ox.scale_by_grad_norm(), "normalize_grad_norm", 1.0),
     "scale_by_grad_norm_rms": (ox.scale_by_grad_norm_rms(), "rms_grad_norm", 1.0),
     "clip_by_zscore": (ox.clip_by_zscore(warmup_steps=1, max_norm=1.0), "zclip_grad_norm", 1.0),
@@ -477,7 +477,7 @@ def test_finite_entries_whose_square_overflows_are_skipped():
     tx = ox.clip_by_global_norm(1.0)
     g = {"a": jnp.full((4,), 1e20, jnp.float32)}
     u, s = tx.update(g, tx.init(g))
-    assert float(jnp.sum(jnp.abs(u["a"]))) == 0.0 and bool(s.clip_nonfinite)
+    assert float(jnp.sum(jnp.abs(u["a"]))) == 0.0 and bool(s.gclip_nonfinite)
 
 
 # --------------------------------------------------------------------------- #
@@ -526,9 +526,9 @@ def test_empty_and_non_float_trees(name):
 def test_counters_saturate():
     tx = ox.clip_by_global_norm(1.0)
     g = {"a": jnp.array([3.0, jnp.nan])}
-    state = tx.init(g)._replace(clip_nonfinite_count=jnp.int32(INT32_MAX))
+    state = tx.init(g)._replace(gclip_nonfinite_count=jnp.int32(INT32_MAX))
     _, state = tx.update(g, state)
-    assert int(state.clip_nonfinite_count) == INT32_MAX
+    assert int(state.gclip_nonfinite_count) == INT32_MAX
     tx = ox.clip_by_zscore(warmup_steps=1)
     state = tx.init(g)._replace(zclip_count=jnp.int32(INT32_MAX), zclip_mean=jnp.float32(1.0))
     _, state = tx.update({"a": jnp.array([3.0, 4.0])}, state)
@@ -544,7 +544,7 @@ def test_state_fields_are_unique_and_reachable_in_a_chain():
     tx = optax.chain(ox.clip_by_zscore(), ox.clip_by_global_norm(1.0), optax.sgd(0.1))
     g = {"w": jnp.ones(3)}
     _, state = tx.update(g, tx.init(g), g)
-    assert float(optax.tree.get(state, "grad_norm")) == pytest.approx(np.sqrt(3))
+    assert float(optax.tree.get(state, "gclip_grad_norm")) == pytest.approx(np.sqrt(3))
     assert float(optax.tree.get(state, "zclip_mean")) == pytest.approx(np.sqrt(3))
 
 

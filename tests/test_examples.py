@@ -53,7 +53,7 @@ def test_training_loop_example(name, capsys):
     last = logs[-1]
     short = {k.rsplit("/", 1)[-1]: v for k, v in last.items()}
     assert set(example.LOG_FIELDS) <= set(short)
-    assert short["skipped_steps"] == 1
+    assert short["guard_skipped_steps"] == 1
     assert last["0/hyperparams/learning_rate"] > 0
     assert "2/metric_plateau_scale" in last
     # Stepped once per 4-step epoch; step 39's telemetry predates its epoch's end.
@@ -62,7 +62,7 @@ def test_training_loop_example(name, capsys):
     assert last["effective_learning_rate/embed"] < last["effective_learning_rate/default"]
 
     printed = capsys.readouterr().out
-    assert "layers" in printed and "skipped_steps" in printed
+    assert "layers" in printed and "guard_skipped_steps" in printed
 
 
 @pytest.mark.parametrize("name", ["train_linen", "train_nnx"])
@@ -160,15 +160,15 @@ def test_log_telemetry_writes_csv_and_tensorboard(tmp_path):
 
     # The NaN batch at step 15 is skipped: the counters move between the
     # logs at steps 10 and 20, every step is counted, and the loss falls.
-    assert col("skipped_steps") == [0, 0, 1, 1]
-    assert col("nonfinite_steps") == [0, 0, 1, 1]
+    assert col("guard_skipped_steps") == [0, 0, 1, 1]
+    assert col("guard_nonfinite_steps") == [0, 0, 1, 1]
     assert col("guard_steps") == [1, 11, 21, 30]
     assert col("recovery_scale") == [1, 1, 1, 1]
     assert col("loss")[-1] < 0.5 * col("loss")[0]
     # Each row's learning rate is the one its step used. The skipped step
     # reached no inner state, so from then on the schedule is one step behind
     # the step number: it counts accepted updates.
-    assert col("accepted_steps") == [1, 11, 20, 29]
+    assert col("guard_accepted_steps") == [1, 11, 20, 29]
     schedule = example.schedules.warmup(
         example.schedules.cosine_decay(1e-2, 27, end_value=1e-3), 3)
     np.testing.assert_allclose(col("learning_rate"),

@@ -56,15 +56,16 @@ def test_nonfinite_gradient_skips_and_freezes_inner_state(guarded, bad):
     updates, new = update(grads, state, params, value=jnp.float32(0.9))
     chex.assert_trees_all_equal(updates, jax.tree_util.tree_map(jnp.zeros_like, params))
     assert _leaves_equal(new.inner_state, state.inner_state)
-    assert int(new.skipped_steps) == int(state.skipped_steps) + 1
-    assert int(new.nonfinite_steps) == int(state.nonfinite_steps) + 1
-    assert int(new.consecutive_skips) == 1
+    assert int(new.guard_skipped_steps) == int(state.guard_skipped_steps) + 1
+    assert int(new.guard_nonfinite_steps) == int(state.guard_nonfinite_steps) + 1
+    assert int(new.guard_consecutive_skips) == 1
     assert int(new.guard_steps) == int(state.guard_steps) + 1
     # A non-finite step never moves the running statistics.
-    assert float(new.norm_log_mean) == float(state.norm_log_mean)
-    assert float(new.loss_log_mean) == float(state.loss_log_mean)
+    assert float(new.guard_norm_log_mean) == float(state.guard_norm_log_mean)
+    assert float(new.guard_loss_log_mean) == float(state.guard_loss_log_mean)
     # An isolated fault is no evidence of a too-high learning rate.
-    assert float(new.recovery.recovery_scale) == float(state.recovery.recovery_scale) == 1.0
+    scales = new.guard_recovery.recovery_scale, state.guard_recovery.recovery_scale
+    assert float(scales[0]) == float(scales[1]) == 1.0
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
@@ -75,8 +76,8 @@ def test_nonfinite_loss_skips(guarded, bad):
     updates, new = update(_tree([0.1, 0.2, 0.3]), state, params, value=jnp.float32(bad))
     assert all(not np.any(np.asarray(u)) for u in jax.tree_util.tree_leaves(updates))
     assert _leaves_equal(new.inner_state, state.inner_state)
-    assert int(new.nonfinite_steps) == 1
-    assert float(new.last_loss) == float(state.last_loss)
+    assert int(new.guard_nonfinite_steps) == 1
+    assert float(new.guard_last_loss) == float(state.guard_last_loss)
 
 
 def test_healthy_step_is_the_inner_optimizers_own():
@@ -90,10 +91,10 @@ def test_healthy_step_is_the_inner_optimizers_own():
     g = _tree([0.1, -0.2, 0.3])
     u_ref, s_ref = inner.update(g, inner.init(params), params)
     u, s = opt.update(g, opt.init(params), params, value=jnp.float32(1.0))
-    assert float(s.recovery.recovery_scale) == 1.0
+    assert float(s.guard_recovery.recovery_scale) == 1.0
     chex.assert_trees_all_close(u, u_ref, rtol=1e-6, atol=0)
     chex.assert_trees_all_close(s.inner_state, s_ref, rtol=1e-6, atol=0)
-    assert int(s.accepted_steps) == 1 and int(s.skipped_steps) == 0
+    assert int(s.guard_accepted_steps) == 1 and int(s.guard_skipped_steps) == 0
 
 
 def _spike_run(on_spike, factor=1e4, loss_spike=False):
@@ -113,39 +114,39 @@ def _spike_run(on_spike, factor=1e4, loss_spike=False):
 
 def test_gradient_spike_is_skipped():
     state, new, _, u = _spike_run("skip")
-    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
+    assert int(new.guard_spike_steps) == 1 and int(new.guard_skipped_steps) == 1
     assert not np.any(np.asarray(u["w"]))
     assert _leaves_equal(new.inner_state, state.inner_state)
     # A spike feeds nothing into the statistics, and changes no multiplier.
-    assert float(new.norm_log_mean) == float(state.norm_log_mean)
-    assert int(new.norm_spike_steps) == 1 and int(new.loss_spike_steps) == 0
-    assert float(new.recovery.recovery_scale) == 1.0
+    assert float(new.guard_norm_log_mean) == float(state.guard_norm_log_mean)
+    assert int(new.guard_norm_spike_steps) == 1 and int(new.guard_loss_spike_steps) == 0
+    assert float(new.guard_recovery.recovery_scale) == 1.0
 
 
 def test_gradient_spike_is_clipped_to_threshold():
     state, new, g, u = _spike_run("clip")
-    assert int(new.clipped_steps) == 1 and int(new.skipped_steps) == 0
-    n = int(state.norm_stats_count)
-    var = (n * max(float(state.norm_log_var), 0.05**2) + 10 * 0.5**2) / (n + 10)
-    thr = np.exp(float(state.norm_log_mean) + 6.0 * np.sqrt(var))
+    assert int(new.guard_clipped_steps) == 1 and int(new.guard_skipped_steps) == 0
+    n = int(state.guard_norm_stats_count)
+    var = (n * max(float(state.guard_norm_log_var), 0.05**2) + 10 * 0.5**2) / (n + 10)
+    thr = np.exp(float(state.guard_norm_log_mean) + 6.0 * np.sqrt(var))
     got = float(jnp.linalg.norm(u["w"]))
     # sgd(1.0) returns -g: the applied norm is the threshold (multiplier 1).
-    assert float(new.recovery.recovery_scale) == 1.0
+    assert float(new.guard_recovery.recovery_scale) == 1.0
     assert got == pytest.approx(thr, rel=1e-4)
     assert got < 0.01 * float(jnp.linalg.norm(g["w"]))
 
 
 def test_spike_mode_none_counts_only():
     _, new, g, u = _spike_run("none")
-    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 0
+    assert int(new.guard_spike_steps) == 1 and int(new.guard_skipped_steps) == 0
     assert np.all(np.isfinite(np.asarray(u["w"])))
     assert float(jnp.linalg.norm(u["w"])) > 0.0
 
 
 def test_loss_spike_detected_and_skipped():
     state, new, _, u = _spike_run("skip", factor=1.0, loss_spike=True)
-    assert int(new.spike_steps) == 1 and int(new.skipped_steps) == 1
-    assert int(new.loss_spike_steps) == 1 and int(new.norm_spike_steps) == 0
+    assert int(new.guard_spike_steps) == 1 and int(new.guard_skipped_steps) == 1
+    assert int(new.guard_loss_spike_steps) == 1 and int(new.guard_norm_spike_steps) == 0
     assert not np.any(np.asarray(u["w"]))
 
 
@@ -173,11 +174,11 @@ def test_loss_spike_test_reads_log_loss():
     narrow[300] = 3.75
     signed = narrow - 3.0  # mostly negative
     s_skewed, s_narrow, s_signed = (_loss_run(x) for x in (skewed, narrow, signed))
-    assert int(s_skewed.loss_spike_steps) == 0
-    assert int(s_narrow.loss_spike_steps) == 1 and int(s_narrow.skipped_steps) == 1
+    assert int(s_skewed.guard_loss_spike_steps) == 0
+    assert int(s_narrow.guard_loss_spike_steps) == 1 and int(s_narrow.guard_skipped_steps) == 1
     n_positive = int(np.sum(signed > 0))
-    assert int(s_signed.loss_stats_count) <= n_positive
-    assert int(s_signed.accepted_steps) + int(s_signed.skipped_steps) == 400
+    assert int(s_signed.guard_loss_stats_count) <= n_positive
+    assert int(s_signed.guard_accepted_steps) + int(s_signed.guard_skipped_steps) == 400
 
 
 def test_spike_caught_on_the_second_step_of_a_run():
@@ -187,7 +188,7 @@ def test_spike_caught_on_the_second_step_of_a_run():
     _, state = opt.update({"w": jnp.ones(4, jnp.float32)}, state, params, value=jnp.float32(2.0))
     u, state = opt.update({"w": jnp.full(4, 1e4, jnp.float32)}, state, params,
                           value=jnp.float32(2.0))
-    assert int(state.norm_spike_steps) == 1 and not np.any(np.asarray(u["w"]))
+    assert int(state.guard_norm_spike_steps) == 1 and not np.any(np.asarray(u["w"]))
 
 
 def test_lasting_change_of_level_restarts_after_three_spikes_and_cuts_once():
@@ -205,10 +206,10 @@ def test_lasting_change_of_level_restarts_after_three_spikes_and_cuts_once():
         g = {"w": jnp.asarray(level * (1 + 0.05 * rng.standard_normal(4)), jnp.float32)}
         u, state = update(g, state, params)
         skipped.append(not np.any(np.asarray(u["w"])))
-        scales.append(float(state.recovery.recovery_scale))
+        scales.append(float(state.guard_recovery.recovery_scale))
     assert np.flatnonzero(skipped).tolist() == [20, 21]
-    assert int(state.restart_steps) == 1 and int(state.spike_steps) == 2
-    assert int(state.recovery.recovery_burst_cuts) == 1
+    assert int(state.guard_restart_steps) == 1 and int(state.guard_spike_steps) == 2
+    assert int(state.guard_recovery.recovery_burst_cuts) == 1
     assert scales[22] == 0.5 and scales[-1] > scales[23] > 0.5
 
 
@@ -219,7 +220,7 @@ def test_steady_growth_in_the_first_steps_is_not_a_spike():
     for i in range(5):
         g = {"w": jnp.full(4, 2.0**i, jnp.float32)}
         _, state = opt.update(g, state, params)
-    assert int(state.spike_steps) == 0 and int(state.accepted_steps) == 5
+    assert int(state.guard_spike_steps) == 0 and int(state.guard_accepted_steps) == 5
 
 
 def test_diverged_after_max_consecutive_skips_and_stays_zero(guarded):
@@ -229,10 +230,10 @@ def test_diverged_after_max_consecutive_skips_and_stays_zero(guarded):
     nan = _tree([np.nan, 0.0, 0.0])
     for _ in range(4):
         _, state = update(nan, state, params, value=jnp.float32(1.0))
-    assert bool(state.diverged)
+    assert bool(state.guard_diverged)
     frozen = state.inner_state
     u, state = update(_tree([0.1, 0.2, 0.3]), state, params, value=jnp.float32(1.0))
-    assert bool(state.diverged)
+    assert bool(state.guard_diverged)
     assert all(not np.any(np.asarray(x)) for x in jax.tree_util.tree_leaves(u))
     assert _leaves_equal(state.inner_state, frozen)
 
@@ -243,7 +244,7 @@ def test_vanishing_steps_counted():
     state = opt.init(params)
     for v in (1.0, 1e-5, 0.0, 1.0):
         _, state = opt.update({"w": jnp.full(4, v, jnp.float32)}, state, params)
-    assert int(state.vanishing_steps) == 2
+    assert int(state.guard_vanishing_steps) == 2
 
 
 def test_counters_saturate_instead_of_wrapping():
@@ -251,10 +252,10 @@ def test_counters_saturate_instead_of_wrapping():
     params = {"w": jnp.zeros(2, jnp.float32)}
     state = opt.init(params)
     big = jnp.asarray(np.iinfo(np.int32).max, jnp.int32)
-    state = state._replace(guard_steps=big, accepted_steps=big)
+    state = state._replace(guard_steps=big, guard_accepted_steps=big)
     _, state = opt.update({"w": jnp.ones(2, jnp.float32)}, state, params)
     assert int(state.guard_steps) == np.iinfo(np.int32).max
-    assert int(state.accepted_steps) == np.iinfo(np.int32).max
+    assert int(state.guard_accepted_steps) == np.iinfo(np.int32).max
 
 
 class _RecordState(NamedTuple):
@@ -292,7 +293,7 @@ def test_works_without_value():
     opt = ox.explosion_guard(optax.adam(1e-3))
     params = {"w": jnp.ones(3, jnp.float32)}
     u, state = opt.update({"w": jnp.ones(3, jnp.float32)}, opt.init(params), params)
-    assert int(state.accepted_steps) == 1 and float(state.last_loss) == 0.0
+    assert int(state.guard_accepted_steps) == 1 and float(state.guard_last_loss) == 0.0
 
 
 def test_bf16_norm_does_not_overflow():
@@ -300,8 +301,8 @@ def test_bf16_norm_does_not_overflow():
     g = {"w": jnp.full((1000, 1000), 1e3, jnp.bfloat16)}
     u, state = opt.update(g, opt.init(g), g)
     assert u["w"].dtype == jnp.bfloat16
-    np.testing.assert_allclose(float(state.last_grad_norm), 1e6, rtol=1e-2)
-    assert int(state.accepted_steps) == 1
+    np.testing.assert_allclose(float(state.guard_grad_norm), 1e6, rtol=1e-2)
+    assert int(state.guard_accepted_steps) == 1
 
 
 @pytest.mark.parametrize(
@@ -401,9 +402,9 @@ def test_fault_injection_guard_survives_where_adam_dies():
     init_loss = float(_loss(init_params, x, y))
     # Within 5% of the clean run's improvement over the initial loss.
     assert float(guard_loss) <= float(clean_loss) + 0.05 * (init_loss - float(clean_loss))
-    assert int(state.nonfinite_steps) == 3
-    assert int(state.skipped_steps) >= 4  # the three non-finite steps and the x1e4 spike
-    assert not bool(state.diverged)
+    assert int(state.guard_nonfinite_steps) == 3
+    assert int(state.guard_skipped_steps) >= 4  # the three non-finite steps and the x1e4 spike
+    assert not bool(state.guard_diverged)
     # Plain Adam on the same faults ends with NaN parameters.
     assert not np.isfinite(float(adam_loss))
 
@@ -441,9 +442,9 @@ def test_vmap_over_runs_matches_each_run_alone():
         got = jax.tree_util.tree_map(lambda x, r=r: x[r], batched)
         chex.assert_trees_all_close(got, want, rtol=1e-6, atol=0)
     _, state = batched
-    np.testing.assert_array_equal(np.asarray(state.nonfinite_steps), [0, 1, 0])
-    np.testing.assert_array_equal(np.asarray(state.spike_steps), [0, 0, 1])
-    np.testing.assert_array_equal(np.asarray(state.skipped_steps), [0, 1, 1])
+    np.testing.assert_array_equal(np.asarray(state.guard_nonfinite_steps), [0, 1, 0])
+    np.testing.assert_array_equal(np.asarray(state.guard_spike_steps), [0, 0, 1])
+    np.testing.assert_array_equal(np.asarray(state.guard_skipped_steps), [0, 1, 1])
 
 
 def _entry_ops(tx, leaves=4, shape=(128, 256)):

@@ -111,3 +111,74 @@ def test_private_modules_import_cleanly():
 
 def test_version_comes_from_the_package_metadata():
     assert optaxsched.__version__ == importlib.metadata.version("optaxsched")
+
+
+# State field names are the checkpoint format (CHANGELOG.md records every
+# change). The rule: each field of a state starts with its transform's prefix,
+# so no two states share a field name and ``optax.tree.get(state, name)``
+# finds one value in any chain. Only ``inner_state``, optax's own name for the
+# state a wrapper holds, is exempt. A new state must be listed here.
+STATE_PREFIXES = {
+    "ClipByGlobalNormState": "gclip_",
+    "ScaleByGradNormState": "normalize_",
+    "ScaleByGradNormRmsState": "rms_",
+    "ClipByZscoreState": "zclip_",
+    "ClipByPercentileState": "autoclip_",
+    "ClipByEmaRatioState": "adagc_",
+    "ExplosionGuardState": "guard_",
+    "RecoveryState": "recovery_",
+    "ReduceOnPlateauState": "plateau_",
+    "ScaleByLossState": "loss_",
+    "BoldDriverState": "bold_",
+    "MetricPlateauState": "metric_plateau_",
+    "ScaleByGroupState": "group_",
+}
+WRAPPER_FIELDS = {"inner_state"}
+
+
+def _library_states() -> dict[str, type]:
+    states = {}
+    for name in _walk_modules(optaxsched):
+        if name == "optaxsched.flax":
+            continue
+        for obj in vars(importlib.import_module(name)).values():
+            if (isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")
+                    and obj.__name__.endswith("State")
+                    and obj.__module__.startswith("optaxsched")):
+                states[obj.__name__] = obj
+    return states
+
+
+def test_state_fields_follow_the_prefix_rule_and_are_unique():
+    states = _library_states()
+    assert set(states) == set(STATE_PREFIXES), (
+        f"states without a prefix entry: {sorted(set(states) - set(STATE_PREFIXES))}; "
+        f"entries without a state: {sorted(set(STATE_PREFIXES) - set(states))}")
+    prefixes = list(STATE_PREFIXES.values())
+    for a in prefixes:
+        for b in prefixes:
+            assert a == b or not b.startswith(a), f"prefix {a!r} is a prefix of {b!r}"
+    seen: dict[str, str] = {}
+    for name, cls in states.items():
+        for field in cls._fields:
+            if field in WRAPPER_FIELDS:
+                continue
+            assert field.startswith(STATE_PREFIXES[name]), (
+                f"{name}.{field} does not start with {STATE_PREFIXES[name]!r}")
+            assert field not in seen, f"{name}.{field} is also a field of {seen[field]}"
+            seen[field] = name
+
+
+def test_former_field_names_still_read_as_attributes():
+    import jax.numpy as jnp
+    import optax
+
+    guard = optaxsched.explosion_guard(optax.sgd(0.1))
+    state = guard.init({"w": jnp.ones(2)})
+    assert state.skipped_steps is state.guard_skipped_steps
+    assert state.diverged is state.guard_diverged
+    assert state.last_grad_norm is state.guard_grad_norm
+    assert state.recovery is state.guard_recovery
+    assert "skipped_steps" not in type(state)._fields
+    clip = optaxsched.clip_by_global_norm(1.0).init({"w": jnp.ones(2)})
+    assert clip.grad_norm is clip.gclip_grad_norm and clip.clip_count is clip.gclip_clip_count

@@ -63,8 +63,8 @@ def test_keys_in_chain_guard_and_inject(params):
     state = tx.init(params)
     stats = ox.telemetry(state)
     assert "0/zclip_mean" in stats
-    assert "1/skipped_steps" in stats
-    assert "1/recovery/recovery_scale" in stats
+    assert "1/guard_skipped_steps" in stats
+    assert "1/guard_recovery/recovery_scale" in stats
     assert "1/hyperparams/learning_rate" in stats
     assert "1/hyperparams/momentum" in stats
     assert "2/plateau_scale" in stats
@@ -73,7 +73,7 @@ def test_keys_in_chain_guard_and_inject(params):
     assert not any("trace" in k for k in stats)
     assert all(v.ndim == 0 for v in stats.values())
     # Keys name real locations in the state.
-    assert stats["1/recovery/recovery_scale"] is state[1].recovery.recovery_scale
+    assert stats["1/guard_recovery/recovery_scale"] is state[1].guard_recovery.recovery_scale
     assert stats["2/plateau_scale"] is state[2].plateau_scale
 
 
@@ -87,10 +87,10 @@ def test_partition_and_multi_steps(params):
     state = tx.init(params)
     stats = ox.telemetry(state)
     assert "mini_step" in stats and "gradient_step" in stats
-    assert "fast/grad_norm" in stats
+    assert "fast/gclip_grad_norm" in stats
     assert "plateau/plateau_best" in stats
     full = ox.telemetry(state, full_paths=True)
-    assert "inner_opt_state/inner_states/fast/inner_state/grad_norm" in full
+    assert "inner_opt_state/inner_states/fast/inner_state/gclip_grad_norm" in full
     assert full["inner_opt_state/inner_states/plateau/inner_state/plateau_best"] is (
         stats["plateau/plateau_best"])
     # The accumulated gradients are parameter data.
@@ -126,7 +126,7 @@ def test_inside_jit_returns_the_scheduled_learning_rate(params):
     for g in grad_sequence(3):
         params, state, stats = step(params, state, g)
         lrs.append(float(stats["1/hyperparams/learning_rate"]))
-        norms.append(float(stats["0/grad_norm"]))
+        norms.append(float(stats["0/gclip_grad_norm"]))
     # inject_hyperparams evaluates the schedule at the update count.
     np.testing.assert_allclose(lrs, [1.0, 0.75, 0.5], rtol=1e-6)
     expected = [float(optax.tree.norm(g)) for g in grad_sequence(3)]
@@ -155,7 +155,7 @@ def test_train_state_dataclass(params):
     train = Train(jnp.zeros((), jnp.int32), {**params, "scalar": jnp.float32(1.0)},
                   tx.init(params), tx)
     stats = ox.telemetry(train)
-    assert "step" in stats and "opt_state/0/grad_norm" in stats
+    assert "step" in stats and "opt_state/0/gclip_grad_norm" in stats
     assert not any(k.startswith("params") for k in stats)
 
 
@@ -245,8 +245,8 @@ def test_short_keys_fall_back_to_full_paths_where_they_collide():
                      ox.clip_by_global_norm(1.0))
     stats = ox.telemetry(tx.init({"w": jnp.ones(2)}))
     # Both guards have skipped_steps: those keep their whole paths.
-    assert "0/skipped_steps" in stats and "0/inner_state/skipped_steps" in stats
-    assert "1/grad_norm" in stats  # no collision: short
+    assert "0/guard_skipped_steps" in stats and "0/inner_state/guard_skipped_steps" in stats
+    assert "1/gclip_grad_norm" in stats  # no collision: short
 
 
 # ---------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def test_effective_rate_through_guard_groups_plateaus_and_schedule():
     # lr of update 1 is 0.75; x0.5 (plateau) x0.5 (metric plateau) x group.
     assert _rates(state) == pytest.approx({"embed": 0.01875, "default": 0.1875})
     # The recovery multiplier of the guard is a factor too.
-    state = state._replace(recovery=state.recovery._replace(
+    state = state._replace(guard_recovery=state.guard_recovery._replace(
         recovery_scale=jnp.float32(0.5)))
     assert _rates(state)["default"] == pytest.approx(0.09375)
     assert float(ox.telemetry(state)["effective_learning_rate/embed"]) == pytest.approx(
