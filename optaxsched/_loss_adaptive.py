@@ -128,6 +128,10 @@ def reduce_on_plateau(
     The first reduction comes after ``patience + 1`` non-improving windows;
     with a flat loss, reductions repeat every ``patience + 1 + cooldown``.
 
+    Kept next to ``optax.contrib.reduce_on_plateau``, which has no ``mode``,
+    no torch ``threshold_mode`` and no ``eps``, so it cannot follow a torch
+    recipe update for update.
+
     Deliberate differences from torch: in ``rel`` mode the threshold is
     sign-aware (torch's :math:`b(1-\theta)` lets a slightly *worse* negative
     loss count as an improvement; here a negative loss must also improve by

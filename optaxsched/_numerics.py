@@ -91,6 +91,10 @@ def leaf_sq_norm(x: jax.Array) -> jax.Array:
 def global_sq_norm(tree: Any, axis_name: str | None = None) -> jax.Array:
     """Squared L2 norm over every float leaf of ``tree``, as a float32 scalar.
 
+    Kept instead of ``optax.tree.norm(tree, squared=True)``, which squares in
+    each leaf's dtype (fp16 overflows from a gradient entry of 256) and has no
+    ``axis_name``.
+
     Non-float leaves are ignored and an empty tree gives 0. With ``axis_name``
     the per-shard partial sums are ``psum``-ed, which is what a leaf sharded
     over that axis inside ``shard_map`` needs.
@@ -192,7 +196,10 @@ def increment_or_reset(count: jax.Array, increment: jax.Array) -> jax.Array:
 
 
 def ema(average: jax.Array, value: jax.Array, decay: Any) -> jax.Array:
-    """One EMA step: ``decay * average + (1 - decay) * value`` in float32."""
+    """One EMA step: ``decay * average + (1 - decay) * value`` in float32.
+
+    A scalar statistic, so not ``optax.tree.update_moment`` (a tree, in the
+    leaf's dtype)."""
     decay = jnp.asarray(decay, jnp.float32)
     return decay * average + (1.0 - decay) * jnp.asarray(value, jnp.float32)
 
@@ -208,6 +215,8 @@ def bias_correction(average: jax.Array, decay: Any, count: jax.Array) -> jax.Arr
 
     ``count`` is the number of EMA updates folded into ``average``; with
     ``count == 0`` the average is returned unchanged (nothing to correct).
+    Kept instead of ``optax.tree.bias_correction``, which divides by zero at
+    ``count == 0`` and would put a NaN into a fresh state.
     """
     decay = jnp.asarray(decay, jnp.float32)
     count = jnp.asarray(count, jnp.float32)
@@ -276,7 +285,10 @@ def clip_factor(norm: jax.Array, threshold: jax.Array) -> tuple[jax.Array, jax.A
 def masked_percentile(values: jax.Array, n: jax.Array, q: jax.Array) -> jax.Array:
     """``np.percentile(values[:n], 100 * q)`` with NumPy's default linear
     interpolation, for a 1-D float32 ``values`` whose first ``n`` (traced)
-    entries are filled; +inf when ``n == 0``. One sort of ``values``."""
+    entries are filled; +inf when ``n == 0``. One sort of ``values``.
+
+    Not ``jnp.percentile``: the filled length ``n`` is traced (a ring buffer
+    filling up), which it cannot mask; padding with +inf keeps one sort."""
     size = values.shape[0]
     srt = jnp.sort(jnp.where(jnp.arange(size) < n, values, jnp.inf))
     last = jnp.maximum(n, 1) - 1

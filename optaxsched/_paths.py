@@ -44,6 +44,10 @@ def path_str(keypath: Iterable[Any], *, sep: str = "/") -> str:
     ``linear/kernel/value`` (paths stay unique: the box is not a leaf). Keys
     containing ``sep`` are not escaped.
 
+    Kept instead of ``jax.tree_util.keystr(keypath, simple=True,
+    separator="/")``, which keeps the box's ``value`` entry, so a boxed and an
+    unboxed copy of one tree would name their leaves differently.
+
     Args:
       keypath: a key path from ``jax.tree_util.tree_flatten_with_path``, or any
         sequence of key entries, strings and integers.

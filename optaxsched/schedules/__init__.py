@@ -15,6 +15,10 @@ Exactness: floors, ceilings and phase tests are done in int32, so under
 ``jit`` (where XLA turns ``x / c`` into ``x * (1/c)``) a restart or boundary
 can never move by a step; fractions are formed as ``(T - t) / T``, clipped to
 [0, 1], and results mix two end values with non-negative weights.
+That guarantee is why these are kept next to ``optax.schedules``, whose
+step arithmetic is floating point (e.g. a staircase's ``floor(t / n)``) and
+which lacks several torch families (``period_mult`` restarts, the
+three-phase ``one_cycle``, ``cyclic``'s modes).
 
 Hyperparameters that are values (learning rates, gammas, end values) may be
 traced; step counts, boundaries, strings and ``period_mult``/``pct_start``

@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optaxsched._numerics import INT32_MAX
 from optaxsched._validation import check_int, check_number, check_static, is_traced
 
 __all__ = [
@@ -59,7 +60,7 @@ __all__ = [
 # What every factory returns: ``step -> float32 array``.
 Schedule = Callable[[Any], jax.Array]
 
-I32_MAX = 2**31 - 1
+I32_MAX = int(INT32_MAX)
 F32_MAX = float(np.finfo(np.float32).max)
 _HALF_PI = 0.5 * math.pi
 F32 = jnp.float32
