@@ -294,7 +294,7 @@ def run_steps(case: Case, compiler_options=None, check=None) -> None:
     for i in range(NSTEPS):
         grads = make_grads(params, i, nan=i == case.nan_step)
         args = (grads, state, params, jnp.bool_(False), extra(i))
-        key = str(jax.tree.map(lambda x: jax.typeof(x).str_short(), args))
+        key = str(jax.tree.map(lambda x: (x.dtype, x.shape), args))
         if key not in compiled:
             jitted = jax.jit(_frozen_and_plain, static_argnums=0)
             compiled[key] = jitted.lower(inner, *args).compile(compiler_options)
