@@ -312,18 +312,24 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=60, help="coordination timeouts, s")
     args = ap.parse_args()
     multi = args.num_processes > 1
+    reason: str | None = None
     tag = f"process{args.process_id}" if multi else "reference"
     if multi:
-        # gloo is this setting's default since jax 0.5; set so that no other
-        # default leaves the processes without cross-process collectives.
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        address = f"127.0.0.1:{args.port}"
+        try:
+            # gloo is this setting's default in current jax; set it so that
+            # no other default ("none" before 0.5) leaves the processes
+            # without cross-process collectives.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except Exception as e:  # a jax without the setting or without gloo
+            reason = f"{type(e).__name__}: {e}"
         jax.distributed.initialize(
-            coordinator_address=f"127.0.0.1:{args.port}",
+            coordinator_address=address, coordinator_bind_address=address,
             num_processes=args.num_processes, process_id=args.process_id,
             initialization_timeout=args.timeout, heartbeat_timeout_seconds=args.timeout,
             shutdown_timeout_seconds=args.timeout,
         )
-        reason = probe()
+        reason = reason or probe()
         log(f"distributed runtime up; probe: {reason or 'cross-process collectives work'}")
         if reason is not None:
             (args.out / f"{tag}.json").write_text(json.dumps({"no_collectives": reason}))

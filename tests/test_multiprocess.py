@@ -84,9 +84,9 @@ def _start(args: list[str], devices: int, log: Path) -> subprocess.Popen:
         )
 
 
-def _wait(procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
-    """Waits for all; on a failure or the deadline kills the rest and fails
-    with every process's output."""
+def _wait(procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> str | None:
+    """Waits for all; on a failure or the deadline kills the rest and returns
+    what went wrong with every process's output."""
     deadline = time.monotonic() + DEADLINE_S
     failed = ""
     while not failed and any(p.poll() is None for p in procs.values()):
@@ -97,20 +97,18 @@ def _wait(procs: dict[str, subprocess.Popen], logs: dict[str, Path]) -> None:
             failed = f"{', '.join(bad)} exited with {[procs[t].returncode for t in bad]}"
         time.sleep(0.1)
     if not failed:
-        return
+        return None
     for p in procs.values():
         if p.poll() is None:
             p.kill()
         p.wait()
-    output = "\n".join(f"--- {tag} (exit {procs[tag].returncode}):\n"
-                       f"{logs[tag].read_text()[-4000:]}" for tag in procs)
-    pytest.fail(f"multi-process run failed: {failed}\n{output}")
+    return f"multi-process run failed: {failed}\n" + "\n".join(
+        f"--- {tag} (exit {procs[tag].returncode}):\n{logs[tag].read_text()[-4000:]}"
+        for tag in procs)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
-    """Starts the two processes and the reference at once; their reports and arrays by tag."""
-    out = tmp_path_factory.mktemp("multiprocess")
+def _run(out: Path) -> str | None:
+    """The two processes and the reference, at once; None when all succeeded."""
     port = str(_free_port())
     common = ["--devices", str(DEVICES), "--out", str(out)]
     args = {
@@ -122,13 +120,28 @@ def runs(tmp_path_factory) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
     procs = {tag: _start(a, DEVICES, logs[tag]) for tag, a in args.items()}
     procs["reference"] = _start(["--num-processes", "1", "--devices", str(2 * DEVICES),
                                  "--out", str(out)], 2 * DEVICES, logs["reference"])
-    _wait(procs, logs)
-    reports = {tag: json.loads((out / f"{tag}.json").read_text()) for tag in procs}
+    return _wait(procs, logs)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+    """Reports and arrays of the two processes and the reference, by tag."""
+    for attempt in range(2):
+        out = tmp_path_factory.mktemp("multiprocess")
+        failure = _run(out)
+        # Another program may take the free port before the coordinator
+        # binds it (the coordinator then crashes at once): one more try.
+        if failure is None or attempt or "Failed to add port" not in failure:
+            break
+    if failure is not None:
+        pytest.fail(failure)
+    tags = ["process0", "process1", "reference"]
+    reports = {tag: json.loads((out / f"{tag}.json").read_text()) for tag in tags}
     reasons = [r["no_collectives"] for r in reports.values() if "no_collectives" in r]
     if reasons:
         assert len(reasons) == 2, f"only one process found no CPU collectives: {reports}"
         pytest.skip(f"no cross-process CPU collectives on this platform: {reasons[0]}")
-    return {tag: (reports[tag], dict(np.load(out / f"{tag}.npz"))) for tag in procs}
+    return {tag: (reports[tag], dict(np.load(out / f"{tag}.npz"))) for tag in tags}
 
 
 def _problems(report: dict, check: str) -> None:
