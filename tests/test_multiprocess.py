@@ -56,7 +56,7 @@ import multiprocess_worker as worker
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.slow  # ~20 s on 2 shared cores: three processes compile
+pytestmark = pytest.mark.slow  # 20-32 s on 2 shared cores: three processes start and compile
 
 HERE = Path(__file__).parent
 DEVICES = 2  # per process
@@ -123,11 +123,11 @@ def _run(out: Path) -> str | None:
     return _wait(procs, logs)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
+def _runs(tmp_path: Path) -> dict[str, tuple[dict, dict[str, np.ndarray]]]:
     """Reports and arrays of the two processes and the reference, by tag."""
     for attempt in range(2):
-        out = tmp_path_factory.mktemp("multiprocess")
+        out = tmp_path / f"attempt{attempt}"
+        out.mkdir()
         failure = _run(out)
         # Another program may take the free port before the coordinator
         # binds it (the coordinator then crashes at once): one more try.
@@ -148,16 +148,16 @@ def _problems(report: dict, check: str) -> None:
     assert not report["problems"][check], "\n".join(report["problems"][check])
 
 
-@pytest.mark.parametrize("tag", ["process0", "process1"])
-def test_each_process_holds_global_arrays_with_identical_replicas(runs, tag):
-    report, _ = runs[tag]
-    assert (report["processes"], report["devices"]) == (2, 2 * DEVICES)
-    _problems(report, "replicas")  # every device's copy of each statistic is the same
-    _problems(report, "eager")  # telemetry / effective_learning_rate outside jit
+def _global_arrays_with_identical_replicas(runs) -> None:
+    for tag in ["process0", "process1"]:
+        report, _ = runs[tag]
+        assert (report["processes"], report["devices"]) == (2, 2 * DEVICES), tag
+        _problems(report, "replicas")  # every device's copy of each statistic is the same
+        _problems(report, "eager")  # telemetry / effective_learning_rate outside jit
 
 
-def test_guard_decisions_and_statistics_agree_across_processes(runs):
-    (report0, a), (report1, b) = runs["process0"][:2], runs["process1"][:2]
+def _same_decisions_and_statistics_in_both_processes(runs) -> None:
+    (report0, a), (report1, b) = runs["process0"], runs["process1"]
     # Each process saw only its own faults...
     assert report0["local_faults"] == [worker.SPIKE_AT]
     assert report1["local_faults"] == [worker.NAN_BATCH_AT, worker.NAN_GRAD_AT]
@@ -166,25 +166,24 @@ def test_guard_decisions_and_statistics_agree_across_processes(runs):
     for key in a:  # ...and both fetched the same bits of every statistic.
         assert a[key].tobytes() == b[key].tobytes(), f"{key}: {a[key]} vs {b[key]}"
     # Both skipped all three faults, whichever process held them.
-    skipped = np.diff(a["stats/guard_skipped_steps"], prepend=0)
     faults = [worker.NAN_BATCH_AT, worker.NAN_GRAD_AT, worker.SPIKE_AT]
-    assert np.flatnonzero(skipped).tolist() == faults
-    assert np.flatnonzero(np.diff(a["stats/guard_nonfinite_steps"], prepend=0)).tolist() == \
-        faults[:2]
-    assert np.flatnonzero(np.diff(a["stats/guard_norm_spike_steps"], prepend=0)).tolist() == \
-        faults[2:]
+
+    def steps_counted(field):
+        return np.flatnonzero(np.diff(a[f"stats/{field}"], prepend=0)).tolist()
+
+    assert steps_counted("guard_skipped_steps") == faults
+    assert steps_counted("guard_nonfinite_steps") == faults[:2]
+    assert steps_counted("guard_norm_spike_steps") == faults[2:]
     assert np.isnan(a["stats/loss"][worker.NAN_BATCH_AT])
     assert a["stats/guard_accepted_steps"][-1] == worker.STEPS - 3
     assert not a["stats/guard_diverged"].any()
 
 
-@pytest.mark.parametrize("reference", ["same_device_count", "one_device"])
-def test_matches_single_process_run(runs, reference):
+def _single_process_result(runs, prefix: str) -> None:
     _, multi = runs["process0"]
     ref_report, ref = runs["reference"]
     assert ref_report["local_faults"] == [worker.NAN_BATCH_AT, worker.NAN_GRAD_AT,
                                           worker.SPIKE_AT]
-    prefix = "one_device/" if reference == "one_device" else ""
     _problems(ref_report, "one_device_replicas" if prefix else "replicas")
     for key, got in multi.items():
         if key == "checkpoint_step":
@@ -197,8 +196,33 @@ def test_matches_single_process_run(runs, reference):
             np.testing.assert_array_equal(got, want, err_msg=key)
 
 
-@pytest.mark.parametrize("tag", ["process0", "process1"])
-def test_orbax_checkpoint_restores_and_training_continues(runs, tag):
-    report, arrays = runs[tag]
-    assert int(arrays["checkpoint_step"]) == worker.SAVE_AT
-    _problems(report, "checkpoint")
+def _checkpoint_restores_and_training_continues(runs) -> None:
+    for tag in ["process0", "process1"]:
+        report, arrays = runs[tag]
+        assert int(arrays["checkpoint_step"]) == worker.SAVE_AT, tag
+        _problems(report, "checkpoint")
+
+
+CHECKS = {
+    "global arrays, the same on every device": _global_arrays_with_identical_replicas,
+    "(1) both processes decide and measure the same":
+        _same_decisions_and_statistics_in_both_processes,
+    "(2) the single-process result, same device count":
+        lambda runs: _single_process_result(runs, ""),
+    "(2) the single-process result, one device":
+        lambda runs: _single_process_result(runs, "one_device/"),
+    "(3) orbax checkpoint by both processes": _checkpoint_restores_and_training_continues,
+}
+
+
+def test_two_processes_train_like_one(tmp_path):
+    """One test, so that pytest-xdist never starts the processes twice; every
+    check runs and all failures are reported together."""
+    runs = _runs(tmp_path)
+    failures = []
+    for name, check in CHECKS.items():
+        try:
+            check(runs)
+        except AssertionError as e:
+            failures.append(f"{name}: {e}")
+    assert not failures, "\n\n".join(failures)
