@@ -44,7 +44,6 @@ __all__ = [
     "scale_by_grad_norm_rms",
 ]
 
-_INF = float("inf")
 
 
 class ClipByGlobalNormState(NamedTuple):
@@ -79,8 +78,8 @@ def clip_by_global_norm(max_norm: Any, axis_name: str | None = None
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      ``ClipByGlobalNormState(grad_norm, clipped, clip_nonfinite, clip_count,
-      clip_nonfinite_count)``.
+      ``ClipByGlobalNormState(gclip_grad_norm, gclip_clipped, gclip_nonfinite,
+      gclip_clip_count, gclip_nonfinite_count)``.
 
     Example:
       >>> import jax.numpy as jnp, optaxsched as ox

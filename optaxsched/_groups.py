@@ -7,8 +7,8 @@ field names, e.g. ``encoder/layers_3/attn/kernel``. Rules are ordered
 pattern occurs in the path wins. All matching is done on Python strings when a
 transform is initialised or traced, never inside compiled code.
 
-Paths come from :mod:`optaxsched._paths`, which telemetry names its entries
-with too.
+:func:`optaxsched.tree_paths` shows the path of every parameter; ``telemetry``
+names its entries the same way.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ __all__ = ["ScaleByGroupState", "scale_by_group", "label_by_path", "layer_decay_
 # Most paths a strict-mode error lists before it abbreviates.
 _MAX_LISTED = 100
 # The name of the group of parameters that no rule matches.
-_DEFAULT_GROUP = "default"
+DEFAULT_GROUP = "default"
 
 
 def _listing(paths: list[str], what: str = "available paths") -> str:
@@ -199,9 +199,9 @@ def scale_by_group(
     matcher = _Matcher(fn, compiled, strict)
 
     # Each rule's group name in the state; index -1 is the default's.
-    default_name = _DEFAULT_GROUP
-    if any(r.text == _DEFAULT_GROUP for r in compiled):
-        default_name = f"{_DEFAULT_GROUP} (no rule)"
+    default_name = DEFAULT_GROUP
+    if any(r.text == DEFAULT_GROUP for r in compiled):
+        default_name = f"{DEFAULT_GROUP} (no rule)"
     group_names = [r.text for r in compiled] + [default_name]
 
     def multipliers_at(count):

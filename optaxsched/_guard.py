@@ -34,7 +34,7 @@ from optaxsched import _numerics as nx
 from optaxsched import _recovery as rec
 from optaxsched import _spikes as sp
 from optaxsched._freeze import update_with_frozen_state
-from optaxsched._validation import check_bool, check_choice, check_int, check_number, check_value
+from optaxsched._validation import check_bool, check_choice, check_int, check_number, scalar_f32
 
 __all__ = ["explosion_guard", "ExplosionGuardState"]
 
@@ -52,7 +52,7 @@ _LOG_NORM_STD_FLOOR = 0.05
 _LOG_NORM_PRIOR_STD = 0.5
 _LOG_LOSS_STD_FLOOR = 0.01
 _LOG_LOSS_PRIOR_STD = 0.1
-_TINY = 1e-30
+_TINY = nx.TINY
 
 
 class ExplosionGuardState(NamedTuple):
@@ -402,12 +402,8 @@ def explosion_guard(
 
     def update_fn(updates, state, params=None, **extra_args):
         value = extra_args.get("value")  # None: no loss given
-        if value is not None:
-            value = check_value(fn, value)
         has_loss = value is not None
-        loss = jnp.asarray(0.0 if value is None else value, jnp.float32)
-        if loss.ndim:
-            raise ValueError(f"{fn}: value= must be a scalar loss, got shape {loss.shape}")
+        loss = scalar_f32(fn, value) if has_loss else jnp.zeros((), jnp.float32)
         # The gradients' one read: a float32 sum of squares. The norm and
         # everything decided from it are computed by `_decide` in a single
         # scalar kernel (nx.fuse_scalars; left to XLA's own fusion the same

@@ -34,6 +34,7 @@ from optaxsched._validation import (
     check_number,
     is_traced,
     require_value,
+    scalar_f32,
 )
 
 __all__ = [
@@ -51,14 +52,7 @@ _I32 = jnp.int32
 
 def _loss_value(fn: str, extra_args: dict[str, Any]) -> jax.Array:
     """The scalar loss from ``extra_args`` as float32, with clear errors."""
-    value = require_value(fn, extra_args)
-    shape = jnp.shape(value)
-    if shape != ():
-        raise ValueError(
-            f"{fn}: value must be a scalar loss, got an array of shape {shape}; "
-            "pass e.g. value=loss.mean()"
-        )
-    return jnp.asarray(value).astype(_F32)
+    return scalar_f32(fn, require_value(fn, extra_args))
 
 
 # --------------------------------------------------------------------------

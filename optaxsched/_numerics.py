@@ -17,8 +17,8 @@ make), and read through Adam's bias correction (:func:`bias_correction`), so
 the state restores from zeros and the read-out is an unbiased weighted mean
 from the first step. Three statistics start otherwise, each because the
 method it implements prescribes it, and say so where they are kept: ZClip's
-mean and variance start from the mean of the warm-up norms (Kumar et al.
-2025), AdaGC's per-tensor EMA from the smallest clipped norm of its warm-up
+mean and variance start from the mean and population variance of the warm-up
+norms (Kumar et al. 2025), AdaGC's per-tensor EMA from the smallest clipped norm of its warm-up
 (Wang et al. 2025),
 and the explosion guard's spike test from the exact sample mean and variance
 of its first ``1 / (1 - decay)`` values (weights ``max(1 - decay, 1/(n+1))``,
@@ -40,6 +40,7 @@ import optax
 
 __all__ = [
     "INT32_MAX",
+    "TINY",
     "is_float_leaf",
     "leaf_sq_norm",
     "global_sq_norm",
@@ -67,6 +68,9 @@ __all__ = [
 ]
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
+# Floor for a norm or a spread before a log or a division (float32 has room
+# down to ~1e-38, so it never rounds to zero).
+TINY = 1e-30
 
 
 def is_float_leaf(x: Any) -> bool:
@@ -146,7 +150,7 @@ def hyper_f32(x: Any) -> jax.Array:
     ``optax.inject_hyperparams`` hands float hyperparameters over in the
     params' dtype (bf16 for bf16 params); the statistics stay float32.
     """
-    return jnp.asarray(x).astype(jnp.float32)
+    return jnp.asarray(x, jnp.float32)
 
 
 def hyper_i32(x: Any) -> jax.Array:
@@ -165,6 +169,9 @@ def scalar(value: bool | int | float = 0.0, dtype: Any = None) -> jax.Array:
     donated twice), so every ``init`` builds each field with its own call.
     """
     if dtype is None:
+        if not isinstance(value, (bool, int, float)):
+            raise TypeError(f"scalar({value!r}): give dtype= for a value that is not a "
+                            "Python bool, int or float")
         dtype = (jnp.bool_ if isinstance(value, bool)
                  else jnp.int32 if isinstance(value, int) else jnp.float32)
     # jnp.array copies: an array value (an injected hyperparameter) must not

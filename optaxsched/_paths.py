@@ -69,7 +69,18 @@ def path_str(keypath: Iterable[Any], *, sep: str = "/") -> str:
 
 
 def tree_paths(tree: Any, *, is_leaf: Callable[[Any], bool] | None = None) -> Any:
-    """Replaces every leaf of ``tree`` by its path (see :func:`path_str`).
+    """Replaces every leaf of ``tree`` by its path, e.g. ``layers_0/attn/kernel``.
+
+    A path joins with ``/`` the key of each level that leads to the leaf:
+    dict keys, sequence indices, and the field names of dataclasses, Flax
+    structs, NamedTuples and nnx Modules; plain ``str``/``int`` entries (nnx
+    flat-state paths) are used as they are. The ``value`` (or ``raw_value``)
+    attribute under which an ``nnx.Variable`` or a ``linen.Partitioned`` box
+    keeps its array is dropped, so ``nnx.state(model, nnx.Param)`` and its
+    ``nnx.to_pure_dict`` copy name their leaves alike (``linear/kernel``).
+    Keys containing ``/`` are not escaped. Per-parameter rules
+    (``scale_by_group``, ``label_by_path``) match these paths, and
+    ``telemetry`` names its entries the same way.
 
     The result has the structure of ``tree`` (nnx ``Variable`` boxes included,
     holding strings), so it maps together with the tree, e.g. into a mask for

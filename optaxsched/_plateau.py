@@ -16,7 +16,7 @@ import optax
 
 from optaxsched import _nnx
 from optaxsched import _numerics as nx
-from optaxsched._validation import check_choice, check_int, check_number, check_value
+from optaxsched._validation import check_choice, check_int, check_number, scalar_f32
 
 __all__ = ["PlateauRule", "check_rule", "initial_best", "plateau_decision",
            "MetricPlateauState", "MetricPlateau"]
@@ -119,13 +119,8 @@ class MetricPlateauState(NamedTuple):
 
 def _metric(value: Any) -> jax.Array:
     """The metric as a float32 scalar, or a TypeError/ValueError naming it."""
-    fn = "MetricPlateau.step"
-    arr = jnp.asarray(check_value(fn, value, name="metric", what="the epoch's metric",
-                                      example="val_accuracy"))
-    if arr.shape != ():
-        raise ValueError(f"{fn}: metric must be a scalar, got an array of shape {arr.shape}; "
-                         "pass e.g. metric=accuracy.mean()")
-    return arr.astype(_F32)
+    return scalar_f32("MetricPlateau.step", value, name="metric", what="the epoch's metric",
+                      example="val_accuracy")
 
 
 class MetricPlateau:

@@ -107,7 +107,7 @@ _SD_FLOOR = 1e-3  # floor of the gap's standard deviation (log loss: a 0.1% chan
 # second difference of the loss: sqrt(0.0393 / 6) (see the module docstring).
 _GAP_PER_JITTER = math.sqrt(0.0393 / 6.0)
 _MIN_LOSSES = 3  # accepted losses before the trend test starts
-_TINY = 1e-30
+_TINY = nx.TINY
 
 
 class RecoveryState(NamedTuple):
@@ -152,14 +152,14 @@ def recovery_init(params: Any = None) -> RecoveryState:
     """Multiplier 1, no history. One array per field, so states can be donated."""
     del params
 
-    f32, i32 = nx.scalar, nx.scalar
+    s = nx.scalar
     return RecoveryState(
-        recovery_scale=f32(1.0), recovery_event_load=f32(0.0),
-        recovery_since_cut=i32(_REFRACTORY), recovery_burst_cuts=i32(0), recovery_trend_cuts=i32(0),
-        recovery_rising=nx.scalar(False),
-        recovery_losses=i32(0), recovery_last_loss=f32(0.0), recovery_last_change=f32(0.0),
-        recovery_loss_jitter=f32(0.0), recovery_loss_fast=f32(0.0), recovery_loss_slow=f32(0.0),
-        recovery_gap_mean=f32(0.0), recovery_gap_var=f32(0.0),
+        recovery_scale=s(1.0), recovery_event_load=s(0.0),
+        recovery_since_cut=s(_REFRACTORY), recovery_burst_cuts=s(0), recovery_trend_cuts=s(0),
+        recovery_rising=s(False),
+        recovery_losses=s(0), recovery_last_loss=s(0.0), recovery_last_change=s(0.0),
+        recovery_loss_jitter=s(0.0), recovery_loss_fast=s(0.0), recovery_loss_slow=s(0.0),
+        recovery_gap_mean=s(0.0), recovery_gap_var=s(0.0),
     )
 
 

@@ -1,6 +1,6 @@
 """Ordered ``(pattern, value)`` rules over parameter paths: parsing and checks.
 
-Private helpers of :mod:`optaxsched.groups`. A rule set is a mapping or a
+Private helpers of :mod:`optaxsched._groups`. A rule set is a mapping or a
 sequence of pairs; each pattern is compiled once (a regex string, a compiled
 ``re.Pattern``, or the layer-index pattern that ``layer_decay_rules`` builds)
 and each value is checked eagerly, so a bad rule fails at construction with the

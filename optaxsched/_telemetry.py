@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from optaxsched import _nnx
+from optaxsched._groups import DEFAULT_GROUP
 from optaxsched._paths import path_str
 from optaxsched._validation import check_bool
 
@@ -294,7 +295,7 @@ _SCALE_FIELDS = frozenset({
 _GROUP_FIELD = "group_multipliers"  # scale_by_group: one multiplier per group
 _PARTITION_FIELD = "inner_states"  # optax.partition: one branch per label
 _LEARNING_RATE = "learning_rate"
-_DEFAULT_GROUP = "default"
+_DEFAULT_GROUP = DEFAULT_GROUP
 
 # A group: (name parts, multiplier or None for 1, a learning rate was seen).
 _Group = tuple[tuple[str, ...], Any, bool]

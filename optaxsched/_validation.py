@@ -29,6 +29,7 @@ __all__ = [
     "check_int_sequence",
     "check_float_sequence",
     "check_value",
+    "scalar_f32",
     "require_value",
 ]
 
@@ -50,9 +51,9 @@ def _as_float(fn: str, name: str, value: Any) -> float:
         return float(value)
     if isinstance(value, (np.ndarray, np.generic, jax.Array)):
         arr = np.asarray(value)
-        if arr.ndim != 0 or not (
-            np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-        ):
+        # _is_real_dtype, not np.issubdtype: bfloat16 (what inject_hyperparams
+        # passes for bf16 params) is no NumPy floating type.
+        if arr.ndim != 0 or not _is_real_dtype(arr.dtype):
             raise TypeError(f"{_prefix(fn, name, value)}: {name} must be a real scalar")
         return float(arr)
     raise TypeError(
@@ -158,22 +159,27 @@ def check_callable(fn: str, name: str, value: Any) -> None:
         )
 
 
-def check_static(fn: str, name: str, value: Any, *, sets: str = "the state's shape") -> None:
+def check_static(fn: str, name: str, value: Any, *, sets: str = "the state's shape",
+                 hint: str | None = None) -> None:
     """Checks that ``value`` is concrete: it fixes something (``sets``) that a
-    traced value cannot, so ``optax.inject_hyperparams`` must keep it static."""
+    traced value cannot. ``hint`` says what to do instead; by default, keep it
+    static in ``optax.inject_hyperparams``."""
     if is_traced(value):
+        if hint is None:
+            hint = f"pass static_args=({name!r},) to optax.inject_hyperparams"
         raise TypeError(
             f"{fn}({name}=<traced>): {name} sets {sets} and must be a concrete Python "
-            f"value; pass static_args=({name!r},) to optax.inject_hyperparams"
+            f"value; {hint}"
         )
 
 
-def check_bool(fn: str, name: str, value: Any) -> None:
+def check_bool(fn: str, name: str, value: Any, *, hint: str | None = None) -> None:
     """Checks that ``value`` is ``True`` or ``False`` (a Python or NumPy bool).
 
-    A flag chooses code paths while tracing, so a traced flag is refused.
+    A flag chooses code paths while tracing, so a traced flag is refused
+    (``hint``: as for :func:`check_static`).
     """
-    check_static(fn, name, value, sets="which code runs")
+    check_static(fn, name, value, sets="which code runs", hint=hint)
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(
             f"{_prefix(fn, name, value)}: {name} must be True or False, "
@@ -250,6 +256,20 @@ def check_value(fn: str, value: Any, *, name: str = "value", what: str = "the lo
         f"pass {name}={example} with {example} a float array of shape () or a Python "
         f"float; got {got}"
     )
+
+
+def scalar_f32(fn: str, value: Any, *, name: str = "value", what: str = "the loss",
+               example: str = "loss") -> jax.Array:
+    """``value`` checked by :func:`check_value`, of shape ``()``, as float32.
+
+    A batch of losses instead of their mean is the usual mistake; the message
+    says how to reduce it.
+    """
+    arr = jnp.asarray(check_value(fn, value, name=name, what=what, example=example))
+    if arr.shape != ():
+        raise ValueError(f"{fn}: {name} must be a scalar, got an array of shape {arr.shape}; "
+                         f"pass e.g. {name}={example}.mean()")
+    return arr.astype(jnp.float32)
 
 
 def require_value(fn: str, extra_args: dict[str, Any]) -> Any:

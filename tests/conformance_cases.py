@@ -88,7 +88,7 @@ def _add(*cases: Case) -> None:
 
 # Each module appends its cases below, guarded so that a transform still being
 # written does not break the others.
-# --- clipping.py ---
+# --- _clipping.py ---
 if hasattr(ox, "clip_by_ema_ratio"):
     # The shared gradients have global norms of about 7-11 over 4 steps, so
     # these settings make every transform clip or leave warm-up within them.
@@ -113,7 +113,7 @@ if hasattr(ox, "clip_by_ema_ratio"):
              dict(warmup_steps=1, per_tensor=False, ratio=1.01),
              inject=("warmup_max_norm",)),
     )
-# --- guard.py ---
+# --- _guard.py ---
 if hasattr(ox, "explosion_guard"):
     # sgd with momentum is a stateful inner optimizer whose code runs under
     # strict dtype promotion (optax.adam does not). The x1e4 step of the bad
@@ -130,7 +130,7 @@ if hasattr(ox, "explosion_guard"):
              dict(inner=_guard_inner, on_spike="none", watch_loss=False),
              needs_value=True),
     )
-# --- loss_adaptive.py ---
+# --- _loss_adaptive.py ---
 if hasattr(ox, "reduce_on_plateau"):
 
     def _inverse_loss(v):
@@ -162,7 +162,7 @@ if hasattr(ox, "MetricPlateau"):
 
     _add(Case("metric_plateau", _stepped_metric_plateau, dict(factor=0.5, patience=0),
               inject=("factor",)))
-# --- groups.py ---
+# --- _groups.py ---
 if hasattr(ox, "scale_by_group"):
 
     def _group_warmup(step):

@@ -176,6 +176,16 @@ def test_inside_inject_hyperparams(case, params):
         assert name in inj_state.hyperparams
 
 
+@pytest.mark.parametrize("case", [c for c in CASES if c.inject], ids=lambda c: c.name)
+def test_inject_hyperparams_with_bfloat16_params(case):
+    # inject_hyperparams hands numeric hyperparameters over in the params'
+    # dtype; a bfloat16 scalar must pass the argument checks like a float.
+    params = make_tree(0, jnp.bfloat16)
+    injected = case.make_injected()
+    outs, _ = _run(injected, grad_sequence(2, jnp.bfloat16), params, case)
+    chex.assert_trees_all_equal_dtypes(outs[-1], params)
+
+
 @pytest.mark.parametrize("case", CASES, ids=IDS)
 def test_ignores_unknown_extra_args(case, params):
     tx = case.make()

@@ -446,7 +446,7 @@ def test_missing_value_names_the_transform(name):
     chained = optax.chain(optax.identity(), tx)
     with pytest.raises(TypeError, match=rf"{name} needs the current loss"):
         jax.jit(chained.update)(params, chained.init(params), params)
-    with pytest.raises(ValueError, match=rf"{name}: value must be a scalar loss"):
+    with pytest.raises(ValueError, match=rf"{name}: value must be a scalar"):
         tx.update(params, tx.init(params), params, value=jnp.ones(4))
 
 

@@ -4,7 +4,11 @@ import importlib
 import importlib.metadata
 import inspect
 import pkgutil
+import sys
 import types
+
+import jax.numpy as jnp
+import optax
 
 import optaxsched
 import optaxsched.flax
@@ -32,15 +36,24 @@ def test_all_matches_exports():
     assert defined_here <= exported, f"exported but not in __all__: {defined_here - exported}"
 
 
+# The private modules whose public-looking names are the factories of
+# ``optaxsched.schedules`` (its helpers live in ``_arith``).
+SCHEDULE_MODULES = ("_decay", "_cyclic", "_compose")
+
+
 def test_schedules_all_matches_exports():
-    exported = set(schedules.__all__)
-    for name in exported:
+    factories = set()
+    for short in SCHEDULE_MODULES:
+        module = importlib.import_module(f"optaxsched.schedules.{short}")
+        # By source file: the package re-labels each factory's __module__.
+        defined = {n for n, o in vars(module).items()
+                   if inspect.isfunction(o) and o.__code__.co_filename == module.__file__
+                   and not n.startswith("_")}
+        assert defined == set(module.__all__), (short, defined ^ set(module.__all__))
+        factories |= defined
+    assert factories == set(schedules.__all__), factories ^ set(schedules.__all__)
+    for name in schedules.__all__:
         assert callable(getattr(schedules, name)), name
-    defined = {
-        n for n, o in vars(schedules).items()
-        if inspect.isfunction(o) and o.__module__ == schedules.__name__ and not n.startswith("_")
-    }
-    assert defined == exported, defined ^ exported
 
 
 def test_every_public_name_has_a_docstring():
@@ -96,10 +109,46 @@ def test_no_public_name_is_reachable_two_ways():
             and getattr(o, "__module__", "").startswith("optaxsched")
         }
         assert not extra, f"{module.__name__} exposes {sorted(extra)} outside __all__"
-    # The only submodules reachable as attributes of the package are public ones.
-    attrs = {n for n, o in vars(optaxsched).items()
-             if isinstance(o, types.ModuleType) and not n.startswith("_")}
-    assert attrs <= PUBLIC_SUBMODULES, attrs - PUBLIC_SUBMODULES
+    # No public module holds a library module under a public name (that
+    # would be a second path to everything in it).
+    for module in (optaxsched, schedules, optaxsched.flax):
+        for n, o in vars(module).items():
+            if (isinstance(o, types.ModuleType) and not n.startswith("_")
+                    and o.__name__.startswith("optaxsched")):
+                assert module is optaxsched and n in PUBLIC_SUBMODULES, (
+                    f"{module.__name__}.{n} exposes the module {o.__name__}")
+    assert not hasattr(optaxsched, "__getattr__"), "no lazy module attributes"
+
+
+def test_no_former_module_path_is_importable():
+    import optaxsched.schedules  # noqa: F401  (both public submodules loaded)
+
+    public = {f"optaxsched.{m}" for m in PUBLIC_SUBMODULES}
+    for name in list(sys.modules):
+        if name.startswith("optaxsched."):
+            parts = name.split(".")[1:]
+            assert name in public or any(p.startswith("_") for p in parts), (
+                f"{name} is importable: implementation modules must be private")
+    for former in ("clipping", "guard", "loss_adaptive", "groups", "telemetry"):
+        assert f"optaxsched.{former}" not in sys.modules
+        try:
+            importlib.import_module(f"optaxsched.{former}")
+        except ModuleNotFoundError:
+            continue
+        raise AssertionError(f"optaxsched.{former} is importable")
+
+
+# Private modules that implement public names: everything in their __all__ is
+# exported by the package (a new factory cannot be left out).
+IMPLEMENTATION_MODULES = ("_clipping", "_adaptive_clipping", "_guard", "_loss_adaptive",
+                          "_groups", "_telemetry")
+
+
+def test_implementation_modules_export_everything_they_list():
+    for short in IMPLEMENTATION_MODULES:
+        module = importlib.import_module(f"optaxsched.{short}")
+        missing = set(module.__all__) - set(optaxsched.__all__)
+        assert not missing, f"{short} lists {sorted(missing)}, which optaxsched does not export"
 
 
 def test_private_modules_import_cleanly():
@@ -136,15 +185,39 @@ STATE_PREFIXES = {
 WRAPPER_FIELDS = {"inner_state"}
 
 
+def _is_state(obj) -> bool:
+    return (isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")
+            and obj.__module__.startswith("optaxsched"))
+
+
+def _states_in(tree, found: dict[str, type]) -> None:
+    # Every library NamedTuple inside an optimizer state, at any depth.
+    if _is_state(type(tree)):
+        found[type(tree).__name__] = type(tree)
+    if isinstance(tree, (tuple, list)):
+        for x in tree:
+            _states_in(x, found)
+    elif isinstance(tree, dict):
+        for x in tree.values():
+            _states_in(x, found)
+
+
 def _library_states() -> dict[str, type]:
-    states = {}
+    # By name (every *State class) and by use (whatever NamedTuple the
+    # registry's transforms put into a state, whatever its name).
+    from conformance_cases import CASES, make_tree
+
+    states: dict[str, type] = {}
+    params = make_tree(0)
+    for case in CASES:
+        _states_in(case.make().init(params), states)
+    plateau = optaxsched.MetricPlateau()
+    _states_in(plateau.init(params), states)
     for name in _walk_modules(optaxsched):
         if name == "optaxsched.flax":
             continue
         for obj in vars(importlib.import_module(name)).values():
-            if (isinstance(obj, type) and issubclass(obj, tuple) and hasattr(obj, "_fields")
-                    and obj.__name__.endswith("State")
-                    and obj.__module__.startswith("optaxsched")):
+            if _is_state(obj) and obj.__name__.endswith("State"):
                 states[obj.__name__] = obj
     return states
 
@@ -170,9 +243,6 @@ def test_state_fields_follow_the_prefix_rule_and_are_unique():
 
 
 def test_former_field_names_still_read_as_attributes():
-    import jax.numpy as jnp
-    import optax
-
     guard = optaxsched.explosion_guard(optax.sgd(0.1))
     state = guard.init({"w": jnp.ones(2)})
     assert state.skipped_steps is state.guard_skipped_steps

@@ -49,13 +49,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from optaxsched import _numerics as nx
 from optaxsched._numerics import INT32_MAX
 from optaxsched._validation import check_int, check_number, check_static, is_traced
 
 __all__ = [
-    "Schedule", "I32_MAX", "F32_MAX", "F32", "to_steps", "compiled", "f32", "output", "ratio",
+    "Schedule", "STATIC_HINT", "I32_MAX", "F32_MAX", "F32", "to_steps", "compiled", "f32",
+    "output", "ratio",
     "mul", "sin2", "lerp_steps", "split", "check_count", "check_rate", "check_sorted",
 ]
+
+# What to do about a traced step count, flag or phase fraction: schedules are
+# built once, outside jit, and only their values may be traced.
+STATIC_HINT = ("build the schedule outside jit (only value arguments such as rates "
+               "and gammas may be traced)")
 
 # What every factory returns: ``step -> float32 array``.
 Schedule = Callable[[Any], jax.Array]
@@ -111,9 +118,8 @@ def split(x: float) -> tuple[int, float]:
 # ------------------------------------------------------------------ values --
 
 
-def f32(x: Any) -> jax.Array:
-    """A hyperparameter value (number, array or tracer) as float32."""
-    return jnp.asarray(x, F32)
+# A hyperparameter value (number, array or tracer) as float32.
+f32 = nx.hyper_f32
 
 
 def output(x: Any, t: jax.Array) -> jax.Array:
@@ -150,7 +156,7 @@ def lerp_steps(a: Any, b: Any, n: jax.Array, total: int) -> jax.Array:
 def check_count(fn: str, name: str, value: Any, *, gt: int | None = None,
                 ge: int | None = None, allow_none: bool = False) -> None:
     """A step count: a concrete integer <= 2**31 - 1 within the given bounds."""
-    check_static(fn, name, value, sets="the schedule's step boundaries")
+    check_static(fn, name, value, sets="the schedule's step boundaries", hint=STATIC_HINT)
     check_int(fn, name, value, gt=gt, ge=ge, allow_none=allow_none)
     if value is not None and int(value) > I32_MAX:
         raise ValueError(f"{fn}({name}={value!r}): {name} must be <= 2**31 - 1")

@@ -20,6 +20,7 @@ from optaxsched.schedules._arith import (
     F32,
     F32_MAX,
     I32_MAX,
+    STATIC_HINT,
     Schedule,
     check_count,
     check_rate,
@@ -89,7 +90,7 @@ def warmup(schedule: Schedule, warmup_steps: int, init_value: Any = 0.0,
     check_callable(fn, "schedule", schedule)
     check_count(fn, "warmup_steps", warmup_steps, ge=0)
     check_rate(fn, "init_value", init_value)
-    check_bool(fn, "prefix", prefix)
+    check_bool(fn, "prefix", prefix, hint=STATIC_HINT)
     W, a, shift = int(warmup_steps), f32(init_value), int(warmup_steps) if prefix else 0
 
     def warmed(t):

@@ -28,6 +28,7 @@ from optaxsched.schedules._arith import (
     F32,
     F32_MAX,
     I32_MAX,
+    STATIC_HINT,
     Schedule,
     check_count,
     check_rate,
@@ -115,7 +116,7 @@ def cosine_restarts(init_value: Any, first_period: int, period_mult: float = 1.0
     fn = "cosine_restarts"
     check_rate(fn, "init_value", init_value)
     check_count(fn, "first_period", first_period, gt=0)
-    check_static(fn, "period_mult", period_mult, sets="the restart table")
+    check_static(fn, "period_mult", period_mult, sets="the restart table", hint=STATIC_HINT)
     check_number(fn, "period_mult", period_mult, ge=1)
     check_rate(fn, "end_value", end_value)
     check_number(fn, "amplitude_mult", amplitude_mult, ge=0)
@@ -246,12 +247,12 @@ def one_cycle(max_value: Any, total_steps: int, pct_start: float = 0.3, anneal: 
     fn = "one_cycle"
     check_rate(fn, "max_value", max_value)
     check_count(fn, "total_steps", total_steps, ge=2)
-    check_static(fn, "pct_start", pct_start, sets="the phase boundaries")
+    check_static(fn, "pct_start", pct_start, sets="the phase boundaries", hint=STATIC_HINT)
     check_number(fn, "pct_start", pct_start, gt=0, lt=1)
     check_choice(fn, "anneal", anneal, ("cos", "linear"))
     check_number(fn, "div_factor", div_factor, gt=0)
     check_number(fn, "final_div_factor", final_div_factor, gt=0)
-    check_bool(fn, "three_phase", three_phase)
+    check_bool(fn, "three_phase", three_phase, hint=STATIC_HINT)
     T, pct = int(total_steps), float(pct_start)
     top = f32(max_value)
     init = top / f32(div_factor)

@@ -27,6 +27,7 @@ from optaxsched._validation import (
 from optaxsched.schedules._arith import (
     F32,
     I32_MAX,
+    STATIC_HINT,
     Schedule,
     check_count,
     check_rate,
@@ -222,7 +223,7 @@ def exponential_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
     check_rate(fn, "init_value", init_value)
     check_number(fn, "decay_rate", decay_rate, gt=0)
     check_count(fn, "decay_steps", decay_steps, gt=0)
-    check_bool(fn, "staircase", staircase)
+    check_bool(fn, "staircase", staircase, hint=STATIC_HINT)
     check_rate(fn, "end_value", end_value, allow_none=True)
     if end_value is not None and not any(map(is_traced, (init_value, decay_rate, end_value))):
         # A floor above the start (or a cap below it) is the whole schedule.
@@ -274,7 +275,7 @@ def inverse_time_decay(init_value: Any, decay_rate: Any, decay_steps: int = 1,
     check_rate(fn, "init_value", init_value)
     check_number(fn, "decay_rate", decay_rate, ge=0)
     check_count(fn, "decay_steps", decay_steps, gt=0)
-    check_bool(fn, "staircase", staircase)
+    check_bool(fn, "staircase", staircase, hint=STATIC_HINT)
     init, rate, ds = f32(init_value), f32(decay_rate), int(decay_steps)
 
     def schedule(t):
@@ -419,7 +420,7 @@ def polynomial_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
     check_count(fn, "decay_steps", decay_steps, gt=0)
     check_rate(fn, "end_value", end_value)
     check_number(fn, "power", power, ge=0)
-    check_bool(fn, "cycle", cycle)
+    check_bool(fn, "cycle", cycle, hint=STATIC_HINT)
     a, b, p, ds = f32(init_value), f32(end_value), f32(power), int(decay_steps)
 
     def schedule(t):
@@ -469,7 +470,7 @@ def cosine_decay(init_value: Any, decay_steps: int, end_value: Any = 0.0,
     check_rate(fn, "init_value", init_value)
     check_count(fn, "decay_steps", decay_steps, gt=0)
     check_rate(fn, "end_value", end_value)
-    check_bool(fn, "periodic", periodic)
+    check_bool(fn, "periodic", periodic, hint=STATIC_HINT)
     a, b, T = f32(init_value), f32(end_value), int(decay_steps)
 
     def schedule(t):
