@@ -52,9 +52,10 @@ import sys
 import time
 from pathlib import Path
 
-import multiprocess_worker as worker
 import numpy as np
 import pytest
+
+import multiprocess_worker as worker
 
 pytestmark = pytest.mark.slow  # 20-32 s on 2 shared cores: three processes start and compile
 
