@@ -51,6 +51,8 @@ from optaxsched._loss_adaptive import (
     reduce_on_plateau,
     scale_by_loss,
 )
+from optaxsched._lr_find import lr_find
+from optaxsched._lr_find_result import LRFindResult
 from optaxsched._paths import tree_paths
 from optaxsched._plateau import MetricPlateau, MetricPlateauState
 from optaxsched._telemetry import effective_learning_rate, telemetry
@@ -97,4 +99,7 @@ __all__ = [
     # Reading statistics out of optimizer states.
     "telemetry",
     "effective_learning_rate",
+    # Learning-rate range test.
+    "lr_find",
+    "LRFindResult",
 ]
