@@ -229,7 +229,7 @@ def test_registry_is_not_empty_once_transforms_exist():
     public_transforms = [
         n for n in optaxsched.__all__
         if n not in {"schedules", "telemetry", "label_by_path", "layer_decay_rules",
-                     "describe_groups", "tree_paths", "effective_learning_rate"}
+                     "describe_groups", "tree_paths", "effective_learning_rate", "lr_find"}
         and callable(getattr(optaxsched, n))
         and n[0].islower()
     ]
