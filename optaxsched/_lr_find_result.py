@@ -16,8 +16,8 @@ import numpy as np
 
 from optaxsched._validation import check_choice, check_int
 
-__all__ = ["LRFindResult", "RULES", "SWEEP_RULE", "DEFAULT_RULE", "MIN_POINTS", "rule_fns",
-           "read_region"]
+# The rules' names and functions are shared with _lr_find, not exported.
+__all__ = ["LRFindResult"]
 
 # Suggestion rules of the range test; a sweep has one, the lowest final loss.
 RULES = ("valley", "steep", "minimum")
@@ -216,12 +216,13 @@ class LRFindResult:
             lo, hi = shown[ok].min(), smoothed[ok_s].max()
             pad = 0.05 * (hi - lo) or 0.05 * abs(hi) or 0.05
             ax.set_ylim(lo - pad, hi + pad)
-        for i, rule in enumerate((self.rule,) if rules is None else tuple(rules)):
+        others = iter(("C1", "C2", "C4", "C5"))  # C3 is red too
+        for rule in (self.rule,) if rules is None else tuple(rules):
             lr = self.suggestions.get(rule)
             if lr is None or not ok_s.any():
                 continue
             y = np.interp(np.log(lr), np.log(lrs[ok_s]), smoothed[ok_s])
-            color = "red" if i == 0 else f"C{i + 1}"
+            color = "red" if rule == self.rule else next(others, "k")
             ax.axvline(lr, color=color, lw=0.8, ls="--")
             ax.plot([lr], [y], "o", color=color, label=f"{rule}: {lr:.2g}")
         ax.set_xscale("log")

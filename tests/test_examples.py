@@ -98,6 +98,19 @@ def test_quickstart_guard_survives_where_plain_adam_dies(tmp_path, capsys):
     assert "held-out loss" in printed and "[optaxsched] step" in printed
 
 
+def test_lr_find_example_suggests_checks_and_draws(tmp_path, capsys):
+    example = _load("lr_find")
+    out_png = tmp_path / "lr_find.png"
+    with jax.numpy_rank_promotion("allow"):  # user code: bias broadcasting
+        out = example.main(["--steps", "60", "--check-steps", "20", "--out", str(out_png)])
+    result, check = out["result"], out["check"]
+    assert result.suggestion is not None and result.rule == "minimum"
+    np.testing.assert_allclose(check.lrs, result.suggestion * np.array([0.1, 1.0, 10.0]))
+    assert out_png.stat().st_size > 10_000
+    printed = capsys.readouterr().out
+    assert "<- suggestion" in printed and "check, smoothed training loss" in printed
+
+
 # ------------------------------------------------------- telemetry logging
 
 
