@@ -116,6 +116,21 @@ class LRFindResult:
       curves: sweep only, float32 ``(n, num_steps)``: every run's losses.
       beta: the smoothing factor used.
       skip_start, skip_end: points of the range curve the rules skip.
+
+    Example:
+      >>> import jax.numpy as jnp, numpy as np, optax, optaxsched as ox
+      >>> x = jnp.linspace(-1.0, 1.0, 8)
+      >>> def loss_fn(w, batch):  # least squares, curvature 2 * mean(x**2) = 0.86
+      ...     return jnp.mean((w * x - jnp.sin(3 * x)) ** 2)
+      >>> result = ox.lr_find(loss_fn, jnp.zeros(()), optax.sgd, [None],
+      ...                     start_lr=1e-3, end_lr=100.0, num_steps=40)
+      >>> n = result.num_steps_run
+      >>> result.stopped_early, bool(np.isnan(result.losses[n:]).all())
+      (True, True)
+      >>> result.suggestion == result.suggestions["minimum"] == result.suggest("minimum")
+      True
+      >>> bool(result.suggest("steep", skip_start=0) < 2 / 0.86)  # SGD diverges above
+      True
     """
 
     method: str
