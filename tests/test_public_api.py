@@ -141,7 +141,7 @@ def test_no_former_module_path_is_importable():
 # Private modules that implement public names: everything in their __all__ is
 # exported by the package (a new factory cannot be left out).
 IMPLEMENTATION_MODULES = ("_clipping", "_adaptive_clipping", "_guard", "_loss_adaptive",
-                          "_groups", "_telemetry")
+                          "_groups", "_telemetry", "_lr_find", "_lr_find_result")
 
 
 def test_implementation_modules_export_everything_they_list():
