@@ -44,7 +44,6 @@ from optaxsched._validation import (
 
 __all__ = ["lr_find"]
 
-_FN = "lr_find"
 _F32 = jnp.float32
 _MIN_STEPS = 10  # a shorter ramp leaves no curve to read once its ends are skipped
 
@@ -62,7 +61,7 @@ def _injected_update(optimizer: optax.GradientTransformation, params: Any):
     state = optimizer.init(params)
     nodes = [x for x in jax.tree_util.tree_leaves(state, is_leaf=_is_inject_state)
              if _is_inject_state(x) and "learning_rate" in x.hyperparams]
-    where = f"{_FN}(optimizer=<GradientTransformation>)"
+    where = "lr_find(optimizer=<GradientTransformation>)"
     if len(nodes) != 1:
         raise ValueError(
             f"{where}: the optimizer's state holds {len(nodes)} optax.inject_hyperparams "
@@ -95,9 +94,9 @@ def _factory_update(factory: Callable[[Any], Any], params: Any, start_lr: float)
     tx0 = factory(start_lr)
     if not isinstance(tx0, optax.GradientTransformation):
         raise TypeError(
-            f"{_FN}(optimizer={factory!r}): a factory must return an "
+            f"lr_find(optimizer={factory!r}): a factory must return an "
             f"optax.GradientTransformation, got {type(tx0).__name__}")
-    lr_dtype = optax.tree.dtype(params, "highest")
+    lr_dtype = optax.tree_utils.tree_dtype(params, "highest")
 
     def update(grads, state, params, lr, loss):
         tx = optax.with_extra_args_support(factory(lr.astype(lr_dtype)))
@@ -110,17 +109,17 @@ def _stack_batches(data: Any, count: int) -> tuple[Any, int]:
     """(stacked batches with a leading axis, how many) from an array or iterable."""
     if isinstance(data, (np.ndarray, jax.Array)):
         if data.ndim == 0 or data.shape[0] == 0:
-            raise ValueError(f"{_FN}(data=<array {data.shape}>): an array of stacked "
+            raise ValueError(f"lr_find(data=<array {data.shape}>): an array of stacked "
                              "batches needs a non-empty leading axis")
         return jnp.asarray(data[:count]), min(count, data.shape[0])
     if isinstance(data, Mapping) or not isinstance(data, Iterable):
         raise TypeError(
-            f"{_FN}(data=<{type(data).__name__}>): data must be a batch function "
+            f"lr_find(data=<{type(data).__name__}>): data must be a batch function "
             "`step -> batch`, an iterable of batches or an array of stacked batches "
             "(for one fixed batch pass [batch])")
     batches = list(itertools.islice(iter(data), count))
     if not batches:
-        raise ValueError(f"{_FN}(data=...): data yielded no batch")
+        raise ValueError("lr_find(data=...): data yielded no batch")
     def layout(batch):
         leaves, treedef = jax.tree_util.tree_flatten(batch)
         return str(treedef), [jnp.shape(x) for x in leaves]
@@ -129,7 +128,7 @@ def _stack_batches(data: Any, count: int) -> tuple[Any, int]:
     for i, b in enumerate(batches[1:], 1):
         if layout(b) != first:
             raise ValueError(
-                f"{_FN}(data=...): batch {i} differs in structure or shapes from batch 0; "
+                f"lr_find(data=...): batch {i} differs in structure or shapes from batch 0; "
                 "every batch must have the same (a tuple (x, y) is read as two batches: "
                 "pass [(x, y)] for one batch)")
     return jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *batches), len(batches)
@@ -142,16 +141,16 @@ def _loss_and_grad(loss_fn: Callable[..., Any], has_aux: bool):
         out = loss_fn(params, batch)
         if has_aux:
             if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError(f"{_FN}(has_aux=True): loss_fn must return a pair "
+                raise TypeError(f"lr_find(has_aux=True): loss_fn must return a pair "
                                 f"(loss, aux), got {type(out).__name__}")
             out = out[0]
         if isinstance(out, tuple) and not has_aux:
-            raise TypeError(f"{_FN}(loss_fn=...): loss_fn returned a tuple; if it returns "
+            raise TypeError("lr_find(loss_fn=...): loss_fn returned a tuple; if it returns "
                             "(loss, aux), pass has_aux=True")
         dtype = getattr(out, "dtype", None)
         if jnp.shape(out) != () or dtype is None or not jnp.issubdtype(dtype, jnp.floating):
             raise ValueError(
-                f"{_FN}(loss_fn=...): loss_fn(params, batch) must return a float scalar, "
+                f"lr_find(loss_fn=...): loss_fn(params, batch) must return a float scalar, "
                 f"got shape {jnp.shape(out)} and dtype {dtype}; reduce it, e.g. loss.mean()")
         return out, None
 
@@ -229,27 +228,28 @@ def _sweep_fn(step, num_steps: int):
 
 def _check_args(loss_fn, optimizer, start_lr, end_lr, num_steps, method, num_lrs,
                 beta, diverge_threshold, rule, has_aux) -> None:
-    check_callable(_FN, "loss_fn", loss_fn)
+    fn = "lr_find"
+    check_callable(fn, "loss_fn", loss_fn)
     if not (isinstance(optimizer, optax.GradientTransformation) or callable(optimizer)):
         raise TypeError(
-            f"{_FN}(optimizer={optimizer!r}): optimizer must be a factory "
+            f"lr_find(optimizer={optimizer!r}): optimizer must be a factory "
             "`lr -> optax.GradientTransformation` or an optax.inject_hyperparams optimizer")
-    check_bool(_FN, "has_aux", has_aux)
-    check_choice(_FN, "method", method, ("range", "sweep"))
-    check_number(_FN, "start_lr", start_lr, gt=0.0)
-    check_number(_FN, "end_lr", end_lr, gt=0.0)
+    check_bool(fn, "has_aux", has_aux)
+    check_choice(fn, "method", method, ("range", "sweep"))
+    check_number(fn, "start_lr", start_lr, gt=0.0)
+    check_number(fn, "end_lr", end_lr, gt=0.0)
     if not float(start_lr) < float(end_lr):
-        raise ValueError(f"{_FN}(start_lr={start_lr!r}, end_lr={end_lr!r}): start_lr must "
+        raise ValueError(f"lr_find(start_lr={start_lr!r}, end_lr={end_lr!r}): start_lr must "
                          "be < end_lr")
-    check_int(_FN, "num_steps", num_steps, ge=_MIN_STEPS if method == "range" else 1)
+    check_int(fn, "num_steps", num_steps, ge=_MIN_STEPS if method == "range" else 1)
     if method == "range" and num_lrs is not None:
-        raise ValueError(f"{_FN}(num_lrs={num_lrs!r}): num_lrs sets the runs of "
+        raise ValueError(f"lr_find(num_lrs={num_lrs!r}): num_lrs sets the runs of "
                          "method='sweep'; the range test has one run of num_steps steps")
-    check_int(_FN, "num_lrs", num_lrs, ge=2, allow_none=True)
-    check_number(_FN, "beta", beta, ge=0.0, lt=1.0)
-    check_number(_FN, "diverge_threshold", diverge_threshold, gt=1.0, allow_none=True)
+    check_int(fn, "num_lrs", num_lrs, ge=2, allow_none=True)
+    check_number(fn, "beta", beta, ge=0.0, lt=1.0)
+    check_number(fn, "diverge_threshold", diverge_threshold, gt=1.0, allow_none=True)
     if rule is not None:
-        check_choice(_FN, "rule", rule, (SWEEP_RULE,) if method == "sweep" else RULES)
+        check_choice(fn, "rule", rule, (SWEEP_RULE,) if method == "sweep" else RULES)
 
 
 def lr_find(
