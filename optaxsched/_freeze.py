@@ -48,6 +48,8 @@ import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
 
+from optaxsched._validation import is_traced
+
 __all__ = ["update_with_frozen_state"]
 
 # The nested-jit primitive: "jit" since JAX 0.7, "pjit" before.
@@ -78,7 +80,7 @@ def _plain_select(skip: jax.Array, old: Any, new: Any) -> Any:
 
 
 def _is_traced(*trees: Any) -> bool:
-    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(trees))
+    return any(is_traced(x) for x in jax.tree_util.tree_leaves(trees))
 
 
 def _inlinable(eqn: Any) -> bool:

@@ -52,7 +52,6 @@ _LOG_NORM_STD_FLOOR = 0.05
 _LOG_NORM_PRIOR_STD = 0.5
 _LOG_LOSS_STD_FLOOR = 0.01
 _LOG_LOSS_PRIOR_STD = 0.1
-_TINY = nx.TINY
 
 
 class ExplosionGuardState(NamedTuple):
@@ -186,14 +185,14 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
     z = jnp.asarray(cfg.z_threshold, jnp.float32)
     norm = nx.safe_sqrt(sq)
     grad_finite = jnp.isfinite(sq)
-    log_norm = jnp.log(jnp.maximum(norm, _TINY))
+    log_norm = jnp.log(jnp.maximum(norm, nx.TINY))
     loss_finite = jnp.isfinite(loss) if has_loss else jnp.ones((), jnp.bool_)
     finite = grad_finite & loss_finite
 
     nt = _test(_norm_stats(state), log_norm, finite, z, _LOG_NORM_STD_FLOOR, _LOG_NORM_PRIOR_STD)
     # Only a positive loss has a log: a loss <= 0 is neither tested nor fed.
     loss_tested = finite & (loss > 0)
-    log_loss = jnp.log(jnp.maximum(loss, _TINY))
+    log_loss = jnp.log(jnp.maximum(loss, nx.TINY))
     if has_loss and cfg.watch_loss:
         lt = _test(_loss_stats(state), log_loss, loss_tested, z, _LOG_LOSS_STD_FLOOR,
                    _LOG_LOSS_PRIOR_STD)
@@ -252,7 +251,7 @@ def _decide(state: ExplosionGuardState, sq: jax.Array, loss: jax.Array, *,
         guard_diverged=state.guard_diverged | (consecutive > cfg.max_consecutive_skips),
     )
     # Gradient multiplier: the clip factor on clipped steps, else 1.
-    gscale = jnp.where(clip, jnp.exp(nt.threshold) / jnp.maximum(norm, _TINY), 1.0)
+    gscale = jnp.where(clip, jnp.exp(nt.threshold) / jnp.maximum(norm, nx.TINY), 1.0)
     return new_state, skip, scale, gscale
 
 

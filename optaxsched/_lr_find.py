@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from optaxsched import _numerics as nx
 from optaxsched._lr_find_result import (
     DEFAULT_RULE,
     RULES,
@@ -171,8 +172,8 @@ def _train_step(grad_fn, update, get_batch, beta: float, threshold: float | None
         params, state, avg, best, _ = carry
         (loss, _), grads = grad_fn(params, get_batch(i, data))
         loss = loss.astype(_F32)
-        avg = beta * avg + (1.0 - beta) * loss
-        smooth = avg / (1.0 - jnp.power(_F32(beta), (i + 1).astype(_F32)))
+        avg = nx.ema(avg, loss, beta)
+        smooth = nx.bias_correction(avg, beta, i + 1)
         best = jnp.where(smooth < best, smooth, best)
         ok = jnp.isfinite(smooth)
         if threshold is not None:
@@ -391,13 +392,16 @@ def lr_find(
     return _range_result(lrs, losses, smoothed, int(ran.sum()), beta, rule or DEFAULT_RULE)
 
 
+def _first_loss_message(loss: float) -> str:
+    return (f"the loss of the first step is not finite ({loss}): check loss_fn, params "
+            "and the first batch; no suggestion")
+
+
 def _range_result(lrs, losses, smoothed, num_run, beta, rule) -> LRFindResult:
     at_start = not np.isfinite(losses[0])
     skip_start, skip_end = len(lrs) // 10, 1
     if at_start:
-        region, message = None, (
-            f"the loss of the first step is not finite ({losses[0]}): check loss_fn, "
-            "params and the first batch; no suggestion")
+        region, message = None, _first_loss_message(losses[0])
     else:
         region, message = read_region(lrs, smoothed, num_run, skip_start, skip_end)
     suggestions = {r: (None if region is None else rule_fns[r](*region)) for r in RULES}
@@ -412,8 +416,7 @@ def _sweep_result(lrs, curves, final, num_steps, beta) -> LRFindResult:
     at_start = not np.isfinite(curves[0, 0])
     ok = np.isfinite(final)
     if at_start:
-        message = (f"the loss of the first step is not finite ({curves[0, 0]}): check "
-                   "loss_fn, params and the first batch; no suggestion")
+        message = _first_loss_message(curves[0, 0])
     elif not ok.any():
         message = "every run's loss became non-finite: lower start_lr; no suggestion"
     else:

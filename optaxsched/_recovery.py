@@ -107,7 +107,6 @@ _SD_FLOOR = 1e-3  # floor of the gap's standard deviation (log loss: a 0.1% chan
 # second difference of the loss: sqrt(0.0393 / 6) (see the module docstring).
 _GAP_PER_JITTER = math.sqrt(0.0393 / 6.0)
 _MIN_LOSSES = 3  # accepted losses before the trend test starts
-_TINY = nx.TINY
 
 
 class RecoveryState(NamedTuple):
@@ -191,7 +190,7 @@ def _loss_divergence(s: RecoveryState, loss: jax.Array, ok: jax.Array):
     curvature = jnp.where(prev > 2, jnp.clip(curvature, -bar, bar), curvature)
     loss_jitter = nx.ema_where(s.recovery_loss_jitter, curvature * curvature, _SLOW,
                                ok & (prev > 1))
-    z = jnp.where(prev > 0, (gap - mu) / jnp.maximum(sd, _TINY), 0.0)
+    z = jnp.where(prev > 0, (gap - mu) / jnp.maximum(sd, nx.TINY), 0.0)
     # Only a gap that is still widening: after a jump the loss may sit at its
     # new level while the slow EMA catches up, and that is not a climb.
     last_gap = nx.bias_correction(s.recovery_loss_fast, _FAST, prev) - nx.bias_correction(

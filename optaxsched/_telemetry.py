@@ -295,7 +295,6 @@ _SCALE_FIELDS = frozenset({
 _GROUP_FIELD = "group_multipliers"  # scale_by_group: one multiplier per group
 _PARTITION_FIELD = "inner_states"  # optax.partition: one branch per label
 _LEARNING_RATE = "learning_rate"
-_DEFAULT_GROUP = DEFAULT_GROUP
 
 # A group: (name parts, multiplier or None for 1, a learning rate was seen).
 _Group = tuple[tuple[str, ...], Any, bool]
@@ -352,7 +351,7 @@ def _effective_rates(opt_state: Any, strict: bool,
     groups = _rate_groups(opt_state, {} if memo is None else memo)
     missing = [p for p, _, has_lr in groups if not has_lr]
     if strict and missing:
-        names = ", ".join(repr("/".join(p) or _DEFAULT_GROUP) for p in missing)
+        names = ", ".join(repr("/".join(p) or DEFAULT_GROUP) for p in missing)
         raise ValueError(
             f"effective_learning_rate: no learning rate found in the state for the "
             f"parameter group(s) {names}; build the optimizer with "
@@ -360,7 +359,7 @@ def _effective_rates(opt_state: Any, strict: bool,
             f"optax.inject_hyperparams(optax.adamw)(learning_rate=schedule), so that "
             f"the state records the learning rate in use"
         )
-    return {"/".join(p) or _DEFAULT_GROUP: jnp.asarray(f).astype(jnp.float32)
+    return {"/".join(p) or DEFAULT_GROUP: jnp.asarray(f).astype(jnp.float32)
             for p, f, has_lr in groups if has_lr}
 
 
